@@ -1,0 +1,99 @@
+"""The prober: runs every configured probe once per `probing.interval` and publishes the reports.
+
+Rounds are scheduled on absolute times so they do not drift; the probes of one round run concurrently
+under a semaphore, each started after a small random jitter so a large fleet does not burst. Every
+report carries this prober's `boot_id` and a `seq` that only grows within that boot, which is how the
+detector orders reports per (vantage, boot_id) and drops replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import structlog
+
+from orchestrator import subjects
+from orchestrator.config import ClusterConfig, Config, ProbeConfig
+from orchestrator.errors import PermanentError
+from orchestrator.models import HealthReport, utc_now
+from orchestrator.probes.base import ProbeResult
+from orchestrator.probes.checks import check_http, check_tcp
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class Prober:
+    def __init__(self, config: Config, publish: Publish, vantage: str | None = None,
+                 should_publish: Callable[[], bool] = lambda: True) -> None:
+        self.config = config
+        self.publish = publish
+        self.vantage = vantage or config.probing.vantage
+        self.boot_id = uuid.uuid4().hex[:12]
+        self.should_publish = should_publish
+        self.seq = 0
+        self.rounds = 0
+        self._sem = asyncio.Semaphore(config.probing.concurrency)
+        for cluster in config.clusters:
+            for probe in cluster.probes:
+                if probe.kind not in ("http", "tcp"):
+                    # refuse up front: a probe we cannot run must never report a failure
+                    raise PermanentError(f"{cluster.name}/{probe.name}: probe kind {probe.kind!r} "
+                                         "is not available in this version")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        interval = self.config.probing.interval_s
+        connector = aiohttp.TCPConnector(limit=self.config.probing.concurrency, force_close=True,
+                                         enable_cleanup_closed=True)
+        log.info("prober.started", vantage=self.vantage, boot_id=self.boot_id, interval_s=interval)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            self._session = session
+            next_round = time.monotonic()
+            while not stop.is_set():
+                if self.should_publish():
+                    await self.round()
+                next_round += interval
+                now = time.monotonic()
+                if next_round < now:  # a round overran: skip ahead rather than fire a burst
+                    next_round = now + interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=next_round - now)
+        self._session = None
+
+    async def round(self) -> None:
+        self.rounds += 1
+        jobs = [self._probe_and_publish(cluster, probe)
+                for cluster in self.config.clusters for probe in cluster.probes]
+        await asyncio.gather(*jobs)
+
+    async def _probe_and_publish(self, cluster: ClusterConfig, probe: ProbeConfig) -> None:
+        jitter = self.config.probing.jitter_s
+        if jitter:
+            await asyncio.sleep(random.uniform(0, jitter))
+        async with self._sem:
+            result = await self.check(probe)
+        self.seq += 1
+        report = HealthReport(cluster=cluster.name, probe=probe.name, vantage=self.vantage,
+                              boot_id=self.boot_id, seq=self.seq, ok=result.ok,
+                              latency_ms=result.latency_ms, detail=result.detail, ts=utc_now())
+        try:
+            await self.publish(subjects.health(cluster.name, probe.name), report.to_json())
+        except Exception as e:  # the bus is down: the next round tries again
+            log.warning("prober.publish_failed", cluster=cluster.name, probe=probe.name, error=str(e))
+
+    async def check(self, probe: ProbeConfig) -> ProbeResult:
+        timeout_s = probe.timeout_s or self.config.probing.timeout_s
+        if probe.http is not None:
+            assert self._session is not None
+            return await check_http(self._session, probe.http, timeout_s)
+        if probe.tcp is not None:
+            return await check_tcp(probe.tcp, timeout_s)
+        raise PermanentError(f"probe kind {probe.kind!r} is not available in this version")

@@ -1,0 +1,30 @@
+"""NATS subject, stream and KV names (DESIGN §5, a contract), in one place."""
+
+from __future__ import annotations
+
+HEALTH_PREFIX = "failover.health"
+HEALTH_ALL = "failover.health.>"
+EVENTS_ALL = "failover.events.>"
+SYSTEM_EVENTS = "failover.events.system"
+RUNS_ALL = "failover.runs.>"
+AUDIT = "failover.audit"
+COMMANDS = "failover.cmd"
+
+STREAM_HEALTH = "FAILOVER_HEALTH"
+STREAM_EVENTS = "FAILOVER_EVENTS"
+
+KV_LEADER = "failover-leader"
+KV_RUNS = "failover-runs"
+KV_STATE = "failover-state"
+
+
+def health(cluster: str, probe: str) -> str:
+    return f"{HEALTH_PREFIX}.{cluster}.{probe}"
+
+
+def cluster_events(cluster: str) -> str:
+    return f"failover.events.cluster.{cluster}"
+
+
+def runs(run_id: str) -> str:
+    return f"failover.runs.{run_id}"
