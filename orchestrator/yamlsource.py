@@ -75,7 +75,7 @@ def expand_env(text: str, env: Mapping[str, str]) -> str:
 
 
 class _Builder:
-    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+    def __init__(self, file: str, env: Mapping[str, str] | None) -> None:
         self.file = file
         self.env = env
         self.lines: dict[Loc, int] = {}
@@ -88,34 +88,57 @@ class _Builder:
             self._constructor.flatten_mapping(node)
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = self._constructor.construct_object(key_node, deep=True)
+                # keys are their literal text: YAML 1.1 would turn `on:` (playbook trigger) into True
+                key = (
+                    key_node.value
+                    if isinstance(key_node, yaml.ScalarNode)
+                    else self._constructor.construct_object(key_node, deep=True)
+                )
                 if not isinstance(key, str | int | float | bool) or key is None:
-                    self.problems.append(Problem(self.file, key_node.start_mark.line + 1,
-                                                 format_loc(loc), f"unsupported mapping key {key!r}"))
+                    self.problems.append(
+                        Problem(
+                            self.file,
+                            key_node.start_mark.line + 1,
+                            format_loc(loc),
+                            f"unsupported mapping key {key!r}",
+                        )
+                    )
                     continue
                 key = str(key) if not isinstance(key, str) else key
                 child = (*loc, key)
                 if key in out:
-                    self.problems.append(Problem(self.file, key_node.start_mark.line + 1,
-                                                 format_loc(child), "duplicate key"))
+                    self.problems.append(
+                        Problem(self.file, key_node.start_mark.line + 1, format_loc(child), "duplicate key")
+                    )
                 self.lines[child] = key_node.start_mark.line + 1
                 out[key] = self.build(value_node, child)
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
         value = self._constructor.construct_object(node, deep=True)
-        if isinstance(value, str) and "$" in value:
+        if isinstance(value, str) and "$" in value and self.env is not None:
             try:
                 value = expand_env(value, self.env)
             except KeyError as e:
-                self.problems.append(Problem(self.file, node.start_mark.line + 1, format_loc(loc),
-                                             f"environment variable {e.args[0]} is not set "
-                                             f"(use ${{{e.args[0]}:-default}} for a default)"))
+                self.problems.append(
+                    Problem(
+                        self.file,
+                        node.start_mark.line + 1,
+                        format_loc(loc),
+                        f"environment variable {e.args[0]} is not set "
+                        f"(use ${{{e.args[0]}:-default}} for a default)",
+                    )
+                )
         return value
 
 
-def load_yaml(path: str | Path, env: Mapping[str, str] | None = None, text: str | None = None) -> Source:
-    """Parse one YAML document; raise ValidationFailed with file:line on syntax or expansion errors."""
+def load_yaml(
+    path: str | Path, env: Mapping[str, str] | None = None, text: str | None = None, expand: bool = True
+) -> Source:
+    """Parse one YAML document; raise ValidationFailed with file:line on syntax or expansion errors.
+
+    With `expand`, `${VAR}` in strings is replaced from `env` (default: the process environment).
+    """
     file = str(path)
     if text is None:
         try:
@@ -130,7 +153,7 @@ def load_yaml(path: str | Path, env: Mapping[str, str] | None = None, text: str 
         raise ValidationFailed([Problem(file, line, "", f"YAML syntax error: {e.problem or e}")]) from e
     except yaml.YAMLError as e:
         raise ValidationFailed([Problem(file, 0, "", f"YAML error: {e}")]) from e
-    builder = _Builder(file, os.environ if env is None else env)
+    builder = _Builder(file, (os.environ if env is None else env) if expand else None)
     data = builder.build(node, ()) if node is not None else None
     if builder.problems:
         raise ValidationFailed(builder.problems)
@@ -182,4 +205,3 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
             seen.add(key)
             out.append(p)
     return out
-

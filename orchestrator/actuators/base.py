@@ -43,11 +43,12 @@ class Balancer(ABC):
         Raises TemporaryError (unreachable, timeout) or PermanentError (refused by the balancer).
         """
 
-    def native_weight(self, nominal: int, nominal_max: int) -> int:
-        """Map a cluster's nominal weight onto the native range (used when nothing was recorded)."""
-        if nominal_max <= 0:
-            return 0
-        return max(0, min(self.max_weight, round(nominal * self.max_weight / max(nominal_max, 1))))
+    def native_weight(self, nominal: int) -> int:
+        """A cluster's nominal weight in this driver's range, used when no original was recorded.
+
+        The default is the nominal value itself, capped; drivers with other ranges override it.
+        """
+        return max(0, min(self.max_weight, nominal))
 
     async def close(self) -> None:
         """Release connections; the default driver holds none."""

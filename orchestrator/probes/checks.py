@@ -46,8 +46,9 @@ async def check_http(session: aiohttp.ClientSession, spec: HttpProbe, timeout_s:
     start = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.request(spec.method, spec.url, headers=spec.headers, allow_redirects=False,
-                                       ssl=None if spec.verify_tls else False) as resp:
+            async with session.request(
+                spec.method, spec.url, headers=spec.headers, allow_redirects=False, ssl=spec.verify_tls
+            ) as resp:
                 body = await resp.content.read(_BODY_LIMIT) if spec.body_regex else b""
                 status = resp.status
     except TimeoutError:

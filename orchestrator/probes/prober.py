@@ -31,8 +31,13 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 
 
 class Prober:
-    def __init__(self, config: Config, publish: Publish, vantage: str | None = None,
-                 should_publish: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        publish: Publish,
+        vantage: str | None = None,
+        should_publish: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.config = config
         self.publish = publish
         self.vantage = vantage or config.probing.vantage
@@ -45,14 +50,17 @@ class Prober:
             for probe in cluster.probes:
                 if probe.kind not in ("http", "tcp"):
                     # refuse up front: a probe we cannot run must never report a failure
-                    raise PermanentError(f"{cluster.name}/{probe.name}: probe kind {probe.kind!r} "
-                                         "is not available in this version")
+                    raise PermanentError(
+                        f"{cluster.name}/{probe.name}: probe kind {probe.kind!r} "
+                        "is not available in this version"
+                    )
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         interval = self.config.probing.interval_s
-        connector = aiohttp.TCPConnector(limit=self.config.probing.concurrency, force_close=True,
-                                         enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(
+            limit=self.config.probing.concurrency, force_close=True, enable_cleanup_closed=True
+        )
         log.info("prober.started", vantage=self.vantage, boot_id=self.boot_id, interval_s=interval)
         async with aiohttp.ClientSession(connector=connector) as session:
             self._session = session
@@ -70,8 +78,11 @@ class Prober:
 
     async def round(self) -> None:
         self.rounds += 1
-        jobs = [self._probe_and_publish(cluster, probe)
-                for cluster in self.config.clusters for probe in cluster.probes]
+        jobs = [
+            self._probe_and_publish(cluster, probe)
+            for cluster in self.config.clusters
+            for probe in cluster.probes
+        ]
         await asyncio.gather(*jobs)
 
     async def _probe_and_publish(self, cluster: ClusterConfig, probe: ProbeConfig) -> None:
@@ -81,9 +92,17 @@ class Prober:
         async with self._sem:
             result = await self.check(probe)
         self.seq += 1
-        report = HealthReport(cluster=cluster.name, probe=probe.name, vantage=self.vantage,
-                              boot_id=self.boot_id, seq=self.seq, ok=result.ok,
-                              latency_ms=result.latency_ms, detail=result.detail, ts=utc_now())
+        report = HealthReport(
+            cluster=cluster.name,
+            probe=probe.name,
+            vantage=self.vantage,
+            boot_id=self.boot_id,
+            seq=self.seq,
+            ok=result.ok,
+            latency_ms=result.latency_ms,
+            detail=result.detail,
+            ts=utc_now(),
+        )
         try:
             await self.publish(subjects.health(cluster.name, probe.name), report.to_json())
         except Exception as e:  # the bus is down: the next round tries again

@@ -1,0 +1,140 @@
+"""The `failover` command (DESIGN §3, a contract). Exit codes: 0 success, 1 failure, 2 usage error."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator import logs
+from orchestrator.errors import OrchestratorError, ValidationFailed
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Event-driven failover orchestrator for multi-cluster Kubernetes.",
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Configuration file (YAML).")]
+
+
+@app.callback()
+def _global(
+    log_format: Annotated[str, typer.Option("--log-format", help="auto | json | console")] = "auto",
+    log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error")] = "info",
+) -> None:
+    if log_format not in ("auto", "json", "console"):
+        raise typer.BadParameter("must be auto, json or console", param_hint="--log-format")
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter("must be debug, info, warning or error", param_hint="--log-level")
+    logs.configure(log_format, log_level)  # type: ignore[arg-type]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(1)
+
+
+def _load(config: Path):  # type: ignore[no-untyped-def]
+    from orchestrator.config import load_config
+
+    try:
+        return load_config(config)
+    except ValidationFailed as e:
+        raise _fail(str(e)) from None
+
+
+@app.command()
+def validate(
+    playbook_paths: Annotated[
+        list[Path] | None, typer.Argument(help="Playbook files or directories.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file.")] = None,
+) -> None:
+    """Check the config and playbooks; print `file:line: path: message` for every problem."""
+    from orchestrator.config import load_config
+    from orchestrator.playbooks.loader import load_playbooks
+
+    problems: list[str] = []
+    cfg = None
+    if config is not None:
+        try:
+            cfg = load_config(config)
+        except ValidationFailed as e:
+            problems.extend(str(p) for p in e.problems)
+    paths = list(playbook_paths or [])
+    if not paths and cfg is not None:
+        paths = cfg.playbook_paths()
+    if config is None and not paths:
+        raise typer.BadParameter("give --config and/or playbook paths")
+    count = 0
+    if paths:
+        try:
+            count = len(load_playbooks(paths, cfg))
+        except ValidationFailed as e:
+            problems.extend(str(p) for p in e.problems)
+    if problems:
+        for line in problems:
+            typer.echo(line, err=True)
+        raise typer.Exit(1)
+    what = [f"config {config}"] if config else []
+    what.append(f"{count} playbook(s)")
+    typer.echo(f"ok: {', '.join(what)}")
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    no_probes: Annotated[bool, typer.Option("--no-probes", help="Do not run probes in-process.")] = False,
+) -> None:
+    """The daemon: detector, reactor, runner, API; also the probes unless --no-probes."""
+    from orchestrator.runtime import Daemon, run_until_signalled
+
+    cfg = _load(config)
+    try:
+        asyncio.run(run_until_signalled(Daemon(cfg, run_probes=not no_probes)))
+    except ValidationFailed as e:
+        raise _fail(str(e)) from None
+    except OrchestratorError as e:
+        raise _fail(f"error: {e}") from None
+
+
+@app.command()
+def probe(
+    config: ConfigOpt,
+    vantage: Annotated[str | None, typer.Option("--vantage", help="Name of this vantage point.")] = None,
+) -> None:
+    """A stand-alone prober that publishes health reports to NATS."""
+    from orchestrator.standalone import run_prober
+
+    cfg = _load(config)
+    try:
+        asyncio.run(run_prober(cfg, vantage))
+    except OrchestratorError as e:
+        raise _fail(f"error: {e}") from None
+
+
+@app.command()
+def demo(
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where to keep demo state.")] = None,
+    recovery_hold: Annotated[str, typer.Option("--recovery-hold", help="Hold before failback.")] = "10s",
+) -> None:
+    """Local sandbox: embedded NATS, three simulated clusters behind HAProxy, a failure and a recovery."""
+    from orchestrator.demo import run_demo
+
+    try:
+        code = asyncio.run(run_demo(state_dir, recovery_hold))
+    except OrchestratorError as e:
+        raise _fail(f"error: {e}") from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,49 @@
+"""Prometheus metrics (`failover_` prefix), held in one registry per daemon: no module-level globals,
+so tests can run several daemons in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STATES = ("unknown", "healthy", "degraded", "failed")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.reports = Counter(
+            "failover_probe_reports", "Health reports ingested by the detector", ["result"], registry=r
+        )
+        self.reports_ignored = Counter(
+            "failover_probe_reports_ignored",
+            "Valid reports dropped: unknown cluster/probe, duplicate, superseded boot",
+            registry=r,
+        )
+        self.malformed = Counter(
+            "failover_malformed_messages",
+            "Messages that did not parse, dropped",
+            ["subject_kind"],
+            registry=r,
+        )
+        self.cluster_state = Gauge(
+            "failover_cluster_state", "1 for the state each cluster is in", ["cluster", "state"], registry=r
+        )
+        self.transitions = Counter(
+            "failover_cluster_transitions", "Cluster state changes", ["cluster", "to"], registry=r
+        )
+        self.runs = Counter("failover_runs", "Playbook runs finished", ["playbook", "outcome"], registry=r)
+        self.run_events = Counter("failover_run_events", "Run events by type", ["type"], registry=r)
+        self.guard_refusals = Counter(
+            "failover_guard_refusals", "Actions stopped by a guard", ["rule"], registry=r
+        )
+        self.detection_to_action = Histogram(
+            "failover_detection_to_first_action_seconds",
+            "From the transition that started a run to its first step succeeding",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.up = Gauge("failover_up", "1 while the daemon runs", registry=r)
+
+    def set_cluster_state(self, cluster: str, state: str) -> None:
+        for s in STATES:
+            self.cluster_state.labels(cluster=cluster, state=s).set(1 if s == state else 0)

@@ -1,0 +1,122 @@
+"""The notifier interface and the drivers that speak plain HTTPS (webhook, Slack incoming webhook).
+
+Errors are classified here, at the boundary: connection problems, timeouts and 5xx/429 are
+TemporaryError (the step retries), other 4xx are PermanentError. Secrets and webhook URLs never appear
+in errors or logs: only the notifier's name does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+
+from orchestrator import signing
+from orchestrator.config import NotifierConfig, WebhookTarget
+from orchestrator.errors import PermanentError, TemporaryError
+from orchestrator.models import rfc3339, utc_now
+
+Severity = Literal["info", "warning", "error", "critical"]
+
+
+@dataclass(frozen=True)
+class Notification:
+    summary: str
+    severity: Severity = "info"
+    details: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    playbook: str | None = None
+    cluster: str | None = None
+    dedup_key: str | None = None
+
+    def body(self, notifier: str) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "notifier": notifier,
+            "severity": self.severity,
+            "summary": self.summary,
+            "details": self.details,
+            "run_id": self.run_id,
+            "playbook": self.playbook,
+            "cluster": self.cluster,
+            "dedup_key": self.dedup_key,
+            "ts": rfc3339(utc_now()),
+        }
+
+
+class Notifier:
+    def __init__(self, config: NotifierConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.name = config.name
+        self.session = session
+
+    async def send(self, note: Notification) -> None:
+        raise NotImplementedError
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> None:
+        try:
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
+                if resp.status < 300:
+                    return
+                status = resp.status
+        except TimeoutError as e:
+            raise TemporaryError(f"notifier {self.name}: timed out after {timeout_s:g}s") from e
+        except aiohttp.ClientError as e:
+            raise TemporaryError(f"notifier {self.name}: {type(e).__name__}") from e
+        if status >= 500 or status == 429:
+            raise TemporaryError(f"notifier {self.name}: HTTP {status}")
+        raise PermanentError(f"notifier {self.name}: HTTP {status}")
+
+
+class WebhookNotifier(Notifier):
+    """POSTs the notification as JSON, signed when a secret is configured."""
+
+    async def send(self, note: Notification) -> None:
+        target: WebhookTarget = self.config.webhook  # type: ignore[assignment]
+        body = json.dumps(note.body(self.name), separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", **target.headers}
+        if target.secret is not None:
+            headers[signing.HEADER] = signing.sign(target.secret.get_secret_value(), body)
+        await self._post(target.url, body, headers, target.timeout_s)
+
+
+_EMOJI = {
+    "info": ":information_source:",
+    "warning": ":warning:",
+    "error": ":x:",
+    "critical": ":rotating_light:",
+}
+
+
+class SlackNotifier(Notifier):
+    """Slack incoming webhook: a text fallback plus a block with the details."""
+
+    async def send(self, note: Notification) -> None:
+        assert self.config.slack is not None
+        text = f"{_EMOJI[note.severity]} *{note.severity.upper()}* {note.summary}"
+        fields = [f"*{k}*: {v}" for k, v in note.details.items()]
+        if note.run_id:
+            fields.append(f"*run*: `{note.run_id}` ({note.playbook})")
+        blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+        if fields:
+            blocks.append(
+                {"type": "context", "elements": [{"type": "mrkdwn", "text": "\n".join(fields)[:2900]}]}
+            )
+        body = json.dumps({"text": text, "blocks": blocks}).encode()
+        await self._post(
+            self.config.slack.webhook_url.get_secret_value(), body, {"Content-Type": "application/json"}, 5.0
+        )
+
+
+_DRIVERS: dict[str, type[Notifier]] = {"webhook": WebhookNotifier, "slack": SlackNotifier}
+
+
+def build_notifier(config: NotifierConfig, session: aiohttp.ClientSession) -> Notifier:
+    try:
+        return _DRIVERS[config.driver](config, session)
+    except KeyError:
+        raise PermanentError(f"notifier driver {config.driver!r} is not available in this version") from None

@@ -1,0 +1,182 @@
+"""The daemon: builds every long-lived object in one place and supervises them (STYLE §3, §6, §7).
+
+Shutdown runs in stages on SIGTERM/SIGINT: stop probing, stop consuming, give running steps a grace
+period to reach a journalled point, cancel what is left, close the API and the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+import structlog
+
+from orchestrator import subjects
+from orchestrator.actuators.lb import BalancerActuator
+from orchestrator.actuators.registry import build_balancer
+from orchestrator.api import ApiServer, build_app
+from orchestrator.bus import Bus
+from orchestrator.config import Config
+from orchestrator.detection import DetectionService
+from orchestrator.detector import DetectorState
+from orchestrator.metrics import Metrics
+from orchestrator.models import RunEvent
+from orchestrator.notifiers import build_notifier
+from orchestrator.playbooks.actions import Services
+from orchestrator.playbooks.loader import load_playbooks
+from orchestrator.playbooks.runner import Runner
+from orchestrator.probes.prober import Prober
+from orchestrator.state_store import StateStore
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_GRACE_S = 20.0
+
+
+class BusJournal:
+    """Run journal in KV `failover-runs` (`run.<id>`) and run events on `failover.runs.<id>`."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def save(self, record: dict[str, Any]) -> None:
+        await Bus.kv_put(self.bus.kv.runs, f"run.{record['id']}", record)
+
+    async def emit(self, event: RunEvent) -> None:
+        await self.bus.publish_durable(subjects.runs(event.run_id), event.to_json())
+
+
+def create_guarded_task(
+    coro: Coroutine[Any, Any, None], name: str, stop: asyncio.Event
+) -> asyncio.Task[None]:
+    """A named forever-task; if it dies, the failure is logged and the daemon is asked to stop."""
+
+    async def guard() -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("task.died", task=name)
+            stop.set()
+
+    return asyncio.get_running_loop().create_task(guard(), name=name)
+
+
+class Daemon:
+    def __init__(self, config: Config, run_probes: bool = True) -> None:
+        self.config = config
+        self.run_probes = run_probes
+        self.metrics = Metrics()
+        self.bus: Bus | None = None
+        self.detection: DetectionService | None = None
+        self.runner: Runner | None = None
+        self.api: ApiServer | None = None
+        self.ready = asyncio.Event()
+
+    def readiness(self) -> dict[str, Any]:
+        return {
+            "nats": bool(self.bus and self.bus.nc.is_connected),
+            "detector": bool(self.detection and self.detection.consuming),
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        config = self.config
+        playbooks = load_playbooks(config.playbook_paths(), config)  # refuse bad playbooks before anything
+        self.bus = bus = await Bus.connect(config.nats, config.state_path)
+        tasks: list[asyncio.Task[None]] = []
+        session = aiohttp.ClientSession()
+        try:
+            await bus.ensure_topology()
+            store = StateStore(bus)
+            state = DetectorState.from_config(config)
+            nominal = {c.name: c.weight for c in config.clusters}
+
+            def states() -> dict[str, str]:
+                return {name: c.status for name, c in state.clusters.items()}
+
+            def cluster_view() -> list[dict[str, Any]]:
+                return [
+                    {
+                        "name": c.name,
+                        "state": state.clusters[c.name].status,
+                        "labels": dict(c.labels),
+                        "weight": c.weight,
+                    }
+                    for c in config.clusters
+                ]
+
+            balancers = {
+                lb.name: BalancerActuator(build_balancer(lb), nominal, states, store)
+                for lb in config.load_balancers
+            }
+            notifiers = {n.name: build_notifier(n, session) for n in config.notifiers}
+            services = Services(config, balancers, notifiers, states)
+            self.runner = runner = Runner(
+                services, BusJournal(bus), playbooks, cluster_view, on_run_event=self._count_run_event
+            )
+            log.info("playbooks.loaded", playbooks=sorted(playbooks))
+
+            async def on_event(event: dict[str, Any]) -> None:
+                await runner.on_event(event)
+
+            self.detection = DetectionService(
+                state, bus, self.metrics, on_event, tick_interval_s=min(0.25, config.probing.interval_s / 4)
+            )
+            self.api = ApiServer(build_app(self.metrics, self.readiness), config.api.host, config.api.port)
+            await self.api.start()
+            tasks.append(create_guarded_task(self.detection.run(stop), "detector", stop))
+            if self.run_probes:
+                prober = Prober(config, bus.publish)
+                tasks.append(create_guarded_task(prober.run(stop), "prober", stop))
+            self.metrics.up.set(1)
+            self.ready.set()
+            log.info(
+                "daemon.started",
+                api=f"http://{config.api.host}:{self.api.port}",
+                nats=bus.embedded.url if bus.embedded else "external",
+                clusters=len(config.clusters),
+            )
+            await stop.wait()
+            log.info("daemon.stopping")
+        finally:
+            self.metrics.up.set(0)
+            await self._shutdown(tasks, session)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]], session: aiohttp.ClientSession) -> None:
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.runner is not None:
+            await self.runner.stop(SHUTDOWN_GRACE_S)
+        if self.api is not None:
+            await self.api.stop()
+        await session.close()
+        if self.bus is not None:
+            await self.bus.close()
+        log.info("daemon.stopped")
+
+    async def _count_run_event(self, event: RunEvent) -> None:
+        self.metrics.run_events.labels(type=event.type).inc()
+        if event.type == "blocked":
+            self.metrics.guard_refusals.labels(rule=str(event.detail.get("rule", "unknown"))).inc()
+        if event.type == "finished":
+            self.metrics.runs.labels(
+                playbook=event.playbook, outcome=str(event.detail.get("status", "unknown"))
+            ).inc()
+
+
+async def run_until_signalled(daemon: Daemon) -> None:
+    """Run the daemon; SIGTERM and SIGINT only set the stop event (shutdown is staged, not abrupt)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await daemon.run(stop)

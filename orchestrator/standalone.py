@@ -1,0 +1,31 @@
+"""`failover probe`: a prober at its own vantage point, feeding the orchestrator over NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from orchestrator.bus import Bus
+from orchestrator.config import Config
+from orchestrator.errors import PermanentError
+from orchestrator.probes.prober import Prober
+
+log = structlog.get_logger(__name__)
+
+
+async def run_prober(config: Config, vantage: str | None) -> None:
+    if config.nats.url is None:
+        raise PermanentError("a stand-alone prober needs nats.url: it reports to the orchestrator's NATS")
+    bus = await Bus.connect(config.nats, config.state_path, name=f"failover-probe-{vantage or ''}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await Prober(config, bus.publish, vantage=vantage).run(stop)
+    finally:
+        await bus.close()

@@ -1,0 +1,37 @@
+"""Typed access to the `failover-state` KV bucket (DESIGN §5).
+
+Original values are written with `kv.create`, so a second drain of an already drained cluster can never
+overwrite the real original with 0; they are deleted only after a verified restore.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.bus import Bus
+
+
+class StateStore:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    @property
+    def _kv(self) -> Any:
+        return self.bus.kv.state
+
+    async def record_original_lb(self, balancer: str, cluster: str, weight: int) -> bool:
+        return await Bus.kv_create(self._kv, f"orig.lb.{balancer}.{cluster}", {"weight": weight})
+
+    async def original_lb(self, balancer: str, cluster: str) -> int | None:
+        found = await Bus.kv_get(self._kv, f"orig.lb.{balancer}.{cluster}")
+        return int(found[0]["weight"]) if found else None
+
+    async def forget_original_lb(self, balancer: str, cluster: str) -> None:
+        await Bus.kv_delete(self._kv, f"orig.lb.{balancer}.{cluster}")
+
+    async def get(self, key: str) -> Any:
+        found = await Bus.kv_get(self._kv, key)
+        return found[0] if found else None
+
+    async def put(self, key: str, value: Any) -> None:
+        await Bus.kv_put(self._kv, key, value)
