@@ -1,0 +1,1 @@
+"""Real local stand-ins (HAProxy, HTTP apps) for the demo and the tests."""
