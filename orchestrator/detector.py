@@ -11,8 +11,8 @@ Rules (DESIGN §6):
   nor down, and no fresh vantage makes a cluster `unknown`, never `failed`;
 - `failed` needs `quorum` fresh vantages seeing a `fail`-impact probe failing for `failure_threshold`
   rounds; fewer, a failing `degrade`-impact probe, or a latency limit exceeded give `degraded`;
-- `failed` is sticky: it only ends by recovering (quorum of fresh vantages past `success_threshold`,
-  none failing, held for `recovery_hold`), which emits `cluster.recovered`;
+- `failed` is sticky, through silence too: it only ends by recovering (quorum of fresh vantages past
+  `success_threshold`, none failing, held for `recovery_hold`), which emits `cluster.recovered`;
 - `unknown -> healthy` emits nothing, unless the last known state before the silence was failed or
   degraded (then the drain is still in force, and only `recovered` lifts it).
 """
@@ -252,7 +252,8 @@ def _evaluate(state: DetectorState, cluster: ClusterState, now: float) -> Transi
 
     if not fresh:
         cluster.healthy_since = None
-        if cluster.status == "unknown":
+        if cluster.status in ("unknown", "failed"):
+            # failed was decided on evidence: silence neither confirms nor clears it, so the drain stays
             return None
         return _move(
             cluster, "unknown", f"no fresh report for {s.stale_after_s:g}s from any vantage", evidence, now

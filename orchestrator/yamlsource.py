@@ -32,6 +32,8 @@ class Source:
     file: str
     data: Any
     lines: dict[Loc, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    """Problems found while reading (duplicate keys, unset variables), reported with the model's."""
 
     def line_of(self, loc: Iterable[str | int]) -> int:
         """Line of the deepest known prefix of `loc` (a missing field points at its parent)."""
@@ -155,19 +157,20 @@ def load_yaml(
         raise ValidationFailed([Problem(file, 0, "", f"YAML error: {e}")]) from e
     builder = _Builder(file, (os.environ if env is None else env) if expand else None)
     data = builder.build(node, ()) if node is not None else None
-    if builder.problems:
-        raise ValidationFailed(builder.problems)
-    return Source(file, data, builder.lines)
+    return Source(file, data, builder.lines, builder.problems)
 
 
 def validate_model(source: Source, model: type[M], context: dict[str, Any] | None = None) -> M:
     """Validate `source.data` into `model`, mapping every pydantic error to file:line: path."""
     if not isinstance(source.data, dict):
-        raise ValidationFailed([source.problem((), "expected a mapping at the top level")])
+        raise ValidationFailed([*source.problems, source.problem((), "expected a mapping at the top level")])
     try:
-        return model.model_validate(source.data, context=context)
+        result = model.model_validate(source.data, context=context)
     except ValidationError as e:
-        raise ValidationFailed(pydantic_problems(source, e)) from e
+        raise ValidationFailed(source.problems + pydantic_problems(source, e)) from e
+    if source.problems:
+        raise ValidationFailed(source.problems)
+    return result
 
 
 def pydantic_problems(source: Source, error: ValidationError) -> list[Problem]:

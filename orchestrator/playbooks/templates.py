@@ -76,7 +76,7 @@ def render_string(value: str, context: Mapping[str, Any]) -> Any:
     try:
         match = _SINGLE_EXPR.match(value)
         if match and "}}" not in match.group("expr") and "{%" not in value:
-            return _ENV.compile_expression(match.group("expr"), undefined_to_none=False)(**context)
+            return _defined(_ENV.compile_expression(match.group("expr"), undefined_to_none=False)(**context))
         return _ENV.from_string(value).render(**context)
     except jinja2.UndefinedError as e:
         raise TemplateError(f"undefined in {value!r}: {e.message}") from e
@@ -86,12 +86,19 @@ def render_string(value: str, context: Mapping[str, Any]) -> Any:
         raise TemplateError(f"cannot render {value!r}: {e}") from e
 
 
+def _defined(value: Any) -> Any:
+    """A bare expression yields the Undefined object instead of raising: make it raise."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return value
+
+
 def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     """Evaluate a `when:`-style expression (bare or wrapped in `{{ }}`)."""
     if is_template(expression):
         return render_string(expression, context)
     try:
-        return _ENV.compile_expression(expression, undefined_to_none=False)(**context)
+        return _defined(_ENV.compile_expression(expression, undefined_to_none=False)(**context))
     except jinja2.UndefinedError as e:
         raise TemplateError(f"undefined in {expression!r}: {e.message}") from e
     except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as e:

@@ -1,0 +1,39 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv and install everything.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install haproxy lint format test demo bench clean
+
+$(STAMP): pyproject.toml
+	@scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+haproxy:
+	@scripts/ensure-haproxy.sh
+
+lint: install
+	$(BIN)/ruff check orchestrator tests bench chaos
+	$(BIN)/ruff format --check orchestrator tests bench chaos
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix orchestrator tests bench chaos
+	$(BIN)/ruff format orchestrator tests bench chaos
+
+test: install haproxy lint
+	$(BIN)/pytest
+
+demo: install
+	@scripts/ensure-haproxy.sh --required
+	$(BIN)/failover demo
+
+bench: install
+	@scripts/ensure-haproxy.sh --required
+	$(BIN)/python bench/haproxy_failover.py
+
+clean:
+	rm -rf $(VENV) .failover .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

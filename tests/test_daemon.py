@@ -1,0 +1,249 @@
+"""The daemon in-process against real NATS and a real HAProxy, at short timings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from orchestrator import subjects
+from orchestrator.bus import Bus, EmbeddedNats
+from orchestrator.config import NatsConfig, load_config
+from orchestrator.runtime import Daemon
+from tests.helpers import fleet, hook_receiver, wait_for, write_config
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@asynccontextmanager
+async def running(config_path: Path) -> AsyncIterator[Daemon]:
+    daemon = Daemon(load_config(config_path))
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    ready = asyncio.create_task(daemon.ready.wait())
+    await asyncio.wait([task, ready], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if not daemon.ready.is_set():
+        ready.cancel()
+        stop.set()
+        await task  # raises the start-up error
+        raise AssertionError("daemon did not become ready")
+    try:
+        yield daemon
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def collect(bus: Bus, subject: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    async def on(msg: Any) -> None:
+        out.append(json.loads(msg.data))
+
+    await bus.subscribe(subject, on)
+    return out
+
+
+async def metrics_text(daemon: Daemon) -> str:
+    assert daemon.api is not None
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{daemon.api.port}/metrics") as r:
+        return await r.text()
+
+
+async def all_healthy(daemon: Daemon) -> bool:
+    assert daemon.detection is not None
+    return set(daemon.detection.cluster_view().values()) == {"healthy"}
+
+
+async def test_failover_and_failback_through_real_haproxy(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
+        path = write_config(tmp_path, f, hook.url, nats_url=nats_server.url)
+        async with running(path) as daemon:
+            assert daemon.bus is not None
+            events = await collect(daemon.bus, subjects.EVENTS_ALL)
+            runs = await collect(daemon.bus, subjects.RUNS_ALL)
+            await wait_for(lambda: all_healthy(daemon), 10, "all clusters healthy")
+
+            await f.apps["us-east"].stop()
+
+            async def drained() -> bool:
+                return (await f.weights())["us-east"] == 0
+
+            await wait_for(drained, 10, "us-east drained")
+            assert await f.weights() == {"eu-west": 100, "us-east": 0, "ap-south": 100}
+            traffic = await f.traffic(40)
+            assert set(traffic) == {"eu-west", "ap-south"}, traffic
+
+            await f.apps["us-east"].start()
+
+            async def restored() -> bool:
+                assert daemon.runner is not None
+                return (await f.weights())["us-east"] == 100 and not daemon.runner.active
+
+            await wait_for(restored, 30, "us-east restored")
+            assert set(await f.traffic(30)) == {"eu-west", "us-east", "ap-south"}
+
+        kinds = [(e["type"], e.get("cluster")) for e in events]
+        assert ("cluster.failed", "us-east") in kinds and ("cluster.recovered", "us-east") in kinds
+        failed = next(e for e in events if e["type"] == "cluster.failed")
+        assert failed["v"] == 1 and failed["from"] == "healthy" and failed["evidence"]["failing"]
+        steps = [(r["playbook"], r["type"], r["step"]) for r in runs]
+        assert ("cluster-failover", "step.succeeded", "drain") in steps
+        assert ("cluster-failback", "step.succeeded", "restore") in steps
+        summaries = [n["summary"] for n in hook.received]
+        assert any("us-east failed" in s for s in summaries) and any("recovered" in s for s in summaries)
+        assert hook.rejected == 0
+
+        # the journal in KV has the whole run, and the original weight record is gone after the restore
+        bus = await Bus.connect(NatsConfig(url=nats_server.url), tmp_path, name="check")
+        try:
+            await bus.ensure_topology()
+            run_id = next(r["run_id"] for r in runs if r["playbook"] == "cluster-failover")
+            found = await Bus.kv_get(bus.kv.runs, f"run.{run_id}")
+            assert found is not None
+            record = found[0]
+            assert record["status"] == "succeeded" and record["steps"]["drain"]["result"]["before"] == 100
+            assert await Bus.kv_get(bus.kv.state, "orig.lb.global.us-east") is None
+        finally:
+            await bus.close()
+
+
+async def test_malformed_reports_are_counted_and_dropped(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
+        path = write_config(tmp_path, f, hook.url, nats_url=nats_server.url)
+        async with running(path) as daemon:
+            assert daemon.bus is not None
+            await daemon.bus.publish("failover.health.x.y", b"this is not json")
+            await daemon.bus.publish("failover.health.x.y", b'{"v": 1, "cluster": "x"}')
+            await daemon.bus.publish("failover.health.x.y", b"\xff\xfe" * 1000)
+            good_but_wrong_subject = {
+                "v": 1,
+                "cluster": "eu-west",
+                "probe": "ingress",
+                "vantage": "evil",
+                "boot_id": "b",
+                "seq": 1,
+                "ok": False,
+                "latency_ms": 1,
+                "ts": "2026-01-01T00:00:00Z",
+            }
+            await daemon.bus.publish(
+                "failover.health.us-east.ingress", json.dumps(good_but_wrong_subject).encode()
+            )
+            await daemon.bus.flush()
+
+            async def counted() -> bool:
+                return 'failover_malformed_messages_total{subject_kind="health"} 4.0' in await metrics_text(
+                    daemon
+                )
+
+            await wait_for(counted, 5, "4 malformed messages counted")
+            await wait_for(lambda: all_healthy(daemon), 10, "all clusters healthy")
+            assert daemon.readiness() == {"nats": True, "detector": True}
+            assert await f.weights() == {"eu-west": 100, "us-east": 100, "ap-south": 100}
+
+
+async def test_the_last_healthy_cluster_is_never_drained(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
+        path = write_config(tmp_path, f, hook.url, nats_url=nats_server.url)
+        async with running(path) as daemon:
+            assert daemon.bus is not None
+            runs = await collect(daemon.bus, subjects.RUNS_ALL)
+            await wait_for(lambda: all_healthy(daemon), 10, "all clusters healthy")
+            for name in ("eu-west", "us-east"):
+                await f.apps[name].stop()
+
+            async def two_drained() -> bool:
+                return list((await f.weights()).values()).count(0) == 2
+
+            await wait_for(two_drained, 10, "two clusters drained")
+            await f.apps["ap-south"].stop()  # the last one fails too: it must keep its weight
+
+            async def refused() -> bool:
+                return any(r["type"] == "blocked" for r in runs)
+
+            await wait_for(refused, 10, "a blocked run event")
+            await asyncio.sleep(0.5)
+            assert await f.weights() == {"eu-west": 0, "us-east": 0, "ap-south": 100}
+            blocked = next(r for r in runs if r["type"] == "blocked")
+            assert blocked["detail"]["rule"] == "min_healthy_clusters"
+            assert "ap-south" in blocked["detail"]["reason"]
+            assert 'failover_guard_refusals_total{rule="min_healthy_clusters"} 1.0' in await metrics_text(
+                daemon
+            )
+
+            async def paged() -> bool:
+                return any("failover of ap-south failed" in n["summary"] for n in hook.received)
+
+            await wait_for(paged, 5, "the on_failure page")
+
+
+def test_run_subprocess_stops_cleanly_on_sigterm(
+    haproxy_binary: str, nats_binary: str, tmp_path: Path
+) -> None:
+    async def scenario() -> int:
+        async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
+            path = write_config(tmp_path, f, hook.url)  # no nats.url: embedded nats-server
+            config = load_config(path)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "--log-format",
+                "json",
+                "run",
+                "--config",
+                str(path),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            try:
+
+                async def ready() -> bool:
+                    try:
+                        async with (
+                            aiohttp.ClientSession() as s,
+                            s.get(f"http://127.0.0.1:{config.api.port}/readyz") as r,
+                        ):
+                            return r.status == 200
+                    except aiohttp.ClientError:
+                        return False
+
+                await wait_for(ready, 20, "readyz 200")
+                proc.send_signal(signal.SIGTERM)
+                code = await asyncio.wait_for(proc.wait(), 30)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            assert proc.stderr is not None
+            logs = (await proc.stderr.read()).decode()
+            lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+            assert any(line["event"] == "daemon.stopped" for line in lines), logs[-2000:]
+            assert HOOK_SECRET_NOT_IN(logs)
+            return code
+
+    assert asyncio.run(scenario()) == 0
+
+
+def HOOK_SECRET_NOT_IN(text: str) -> bool:
+    from tests.helpers import HOOK_SECRET
+
+    return HOOK_SECRET not in text

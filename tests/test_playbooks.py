@@ -1,0 +1,120 @@
+"""Playbook format: every file in playbooks/ validates; each kind of mistake names its file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import Config
+from orchestrator.errors import ValidationFailed
+from orchestrator.playbooks import templates
+from orchestrator.playbooks.loader import load_playbook, load_playbooks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config() -> Config:
+    return Config.model_validate(
+        {
+            "clusters": [{"name": n, "labels": {"tier": "prod"}} for n in ("eu-west", "us-east", "ap-south")],
+            "load_balancers": [
+                {
+                    "name": "global",
+                    "driver": "haproxy",
+                    "haproxy": {"admin": ["tcp://127.0.0.1:1"], "backend": "web"},
+                    "members": {"eu-west": "eu1", "us-east": "us1", "ap-south": "ap1"},
+                }
+            ],
+            "notifiers": [
+                {"name": "oncall", "driver": "webhook", "webhook": {"url": "http://127.0.0.1:1/hook"}}
+            ],
+        }
+    )
+
+
+def test_every_example_playbook_validates(config: Config) -> None:
+    loaded = load_playbooks([REPO / "playbooks"], config)
+    assert {"cluster-failover", "cluster-failback"} <= set(loaded)
+    for item in loaded.values():
+        assert len(item.sha256) == 64
+
+
+BASE = """\
+name: test-book
+on:
+  event: cluster.failed
+steps:
+  - id: drain
+    action: lb.drain
+    with: {balancer: global, cluster: "{{ event.cluster }}"}
+    timeout: 10s
+  - id: page
+    action: notify
+    with: {notifier: oncall, summary: "{{ event.cluster }} failed"}
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "expected"),
+    [
+        ("action: lb.drain", "action: lb.dran", 6, "steps[0].action: unknown action 'lb.dran'"),
+        ("with: {balancer: global,", "with: {balancr: global,", 7, "steps[0].with.balancr: unknown field"),
+        ("timeout: 10s", "timeout: 10 seconds", 8, "steps[0].timeout: expected a duration"),
+        (
+            '"{{ event.cluster }} failed"',
+            '"{{ event.cluster }"',
+            11,
+            "steps[1].with.summary: template syntax error",
+        ),
+        ("balancer: global", "balancer: edge", 7, "steps[0].with.balancer: unknown balancer 'edge'"),
+        ("notifier: oncall", "notifier: pager", 11, "steps[1].with.notifier: unknown notifier 'pager'"),
+        ("  - id: page", "  - id: drain", 9, "steps[1].id: duplicate step id 'drain'"),
+        ("event: cluster.failed", "event: cluster.exploded", 3, "on.event: Input should be"),
+        ("    timeout: 10s", "    timeout: 10s\n    retries: 3", 9, "steps[0].retries: unknown field"),
+        ('cluster: "{{ event.cluster }}"}', "}", 7, "steps[0].with.cluster: required field is missing"),
+    ],
+)
+def test_each_mistake_names_file_and_line(
+    tmp_path: Path, config: Config, old: str, new: str, line: int, expected: str
+) -> None:
+    assert old in BASE
+    path = tmp_path / "book.yaml"
+    path.write_text(BASE.replace(old, new, 1))
+    with pytest.raises(ValidationFailed) as info:
+        load_playbook(path, config)
+    lines = [str(p) for p in info.value.problems]
+    assert f"{path}:{line}: {expected}" in "\n".join(lines), lines
+
+
+def test_a_set_with_one_bad_file_is_refused_whole(tmp_path: Path, config: Config) -> None:
+    (tmp_path / "good.yaml").write_text(BASE)
+    (tmp_path / "bad.yaml").write_text(
+        BASE.replace("name: test-book", "name: other").replace("lb.drain", "lb.x")
+    )
+    (tmp_path / "dup.yaml").write_text(BASE)
+    with pytest.raises(ValidationFailed) as info:
+        load_playbooks([tmp_path], config)
+    text = str(info.value)
+    assert "bad.yaml:6: steps[0].action: unknown action 'lb.x'" in text
+    assert "playbook name 'test-book' is already used" in text
+
+
+def test_templates_native_values_and_strict_undefined() -> None:
+    ctx = {
+        "event": {"cluster": "eu"},
+        "clusters": [{"name": "eu", "state": "failed"}, {"name": "us", "state": "healthy"}],
+    }
+    survivors = "{{ clusters | selectattr('state', 'eq', 'healthy') | map(attribute='name') | list }}"
+    assert templates.render(survivors, ctx) == ["us"]
+    assert templates.render("{{ event.cluster }} failed", ctx) == "eu failed"
+    assert templates.render({"a": ["{{ event.cluster }}", 3]}, ctx) == {"a": ["eu", 3]}
+    assert templates.evaluate("event.cluster == 'eu'", ctx) is True
+    with pytest.raises(templates.TemplateError, match="undefined"):
+        templates.render("{{ event.clustr }}", ctx)
+
+
+def test_templates_are_sandboxed() -> None:
+    with pytest.raises(templates.TemplateError):
+        templates.render("{{ ''.__class__.__mro__[1].__subclasses__() }}", {})
