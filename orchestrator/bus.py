@@ -18,8 +18,9 @@ import ssl
 import subprocess
 import sysconfig
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,42 @@ class Bus:
             raise TemporaryError(f"no reply on {subject}: {e}") from e
         return bytes(msg.data)
 
+    async def replay(
+        self, stream: str, subject: str, since_s: float, batch_timeout_s: float = 2.0
+    ) -> AsyncIterator[tuple[str, bytes, float]]:
+        """Messages stored on `subject` in the last `since_s` seconds, oldest first, as
+        (subject, data, stored-at unix time); stops at the last message present when called."""
+        try:
+            info = await self.js.stream_info(stream)
+        except (nats.errors.TimeoutError, nats.js.errors.APIError) as e:
+            raise TemporaryError(f"cannot read stream {stream}: {e}") from e
+        last = int(info.state.last_seq or 0)
+        if not last or not info.state.messages:
+            return
+        start = datetime.fromtimestamp(time.time() - since_s, UTC)
+        sub = await self.js.subscribe(
+            subject,
+            stream=stream,
+            ordered_consumer=True,
+            config=api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                opt_start_time=start,
+            ),
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=batch_timeout_s)
+                except nats.errors.TimeoutError:
+                    return  # nothing (more) in the window
+                meta = msg.metadata
+                yield msg.subject, bytes(msg.data), meta.timestamp.timestamp()
+                if meta.sequence.stream >= last or not meta.num_pending:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     async def flush(self, timeout_s: float = 5.0) -> None:
         await self.nc.flush(timeout=max(1, round(timeout_s)))
 
@@ -298,6 +335,23 @@ class Bus:
         except nats.errors.TimeoutError as e:
             raise TemporaryError(f"KV create {key} timed out") from e
         return True
+
+    @staticmethod
+    async def kv_items(kv: KeyValue, prefix: str) -> dict[str, Any]:
+        """Every live key under `prefix` (dot-separated, e.g. `cluster.`) with its JSON value."""
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+        except nats.errors.TimeoutError as e:
+            raise TemporaryError("KV keys timed out") from e
+        out: dict[str, Any] = {}
+        for key in keys:
+            if key.startswith(prefix):
+                found = await Bus.kv_get(kv, key)
+                if found is not None:
+                    out[key] = found[0]
+        return out
 
     @staticmethod
     async def kv_delete(kv: KeyValue, key: str) -> None:

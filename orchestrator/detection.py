@@ -1,9 +1,15 @@
-"""Feeds the pure detector from NATS and turns its transitions into published events and runs.
+"""Feeds the pure detector from NATS and turns its outputs into published events, persisted state and runs.
 
 Health reports are consumed live, without acknowledgements (DESIGN §5). A report that does not parse,
 or whose subject does not match its body, is counted in `failover_malformed_messages_total` and dropped:
 input from the network never raises into this loop. The reactor acts only on transitions made here by
 our own detector, never on event messages someone else published on the bus (DESIGN §2.7).
+
+Restart without amnesia (DESIGN §6): cluster states and the observer guard are persisted in KV
+`failover-state` after every change; on start they are loaded and only the last
+max(stale_after, failure_threshold x interval, recovery_hold) of health is replayed from the stream to
+rebuild the counts. Live reports that arrive during the replay are buffered and applied after it, so
+nothing is lost and nothing already emitted is emitted again.
 """
 
 from __future__ import annotations
@@ -14,15 +20,25 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from orchestrator import subjects
 from orchestrator.bus import Bus
-from orchestrator.detector import DetectorState, Tick, Transition, transition
+from orchestrator.detector import (
+    DetectorState,
+    Output,
+    Resume,
+    Signal,
+    Tick,
+    Transition,
+    guard_snapshot,
+    restore,
+    snapshot,
+    transition,
+)
 from orchestrator.errors import OrchestratorError
 from orchestrator.metrics import Metrics
-from orchestrator.models import ClusterEvent, HealthReport
+from orchestrator.models import ClusterEvent, HealthReport, SystemEvent
 
 log = structlog.get_logger(__name__)
 
@@ -46,38 +62,96 @@ class DetectionService:
         self.tick_interval_s = tick_interval_s
         self.clock = clock
         self.consuming = False
+        self.started = asyncio.Event()
+        """Set once state is rebuilt (KV + replay) and live reports are being applied."""
+        self._buffer: list[tuple[str, bytes]] | None = None
         self._malformed_logged_at = 0.0
+        self._lock = asyncio.Lock()
         for name in state.clusters:
             metrics.set_cluster_state(name, "unknown")
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self.bus.subscribe(subjects.HEALTH_ALL, self._on_message)
-        self.consuming = True
-        log.info("detector.started", clusters=len(self.state.clusters))
+        self._buffer = []  # live reports wait here while the replay rebuilds the counts
+        sub = await self.bus.subscribe(subjects.HEALTH_ALL, self._on_live)
         try:
+            await self._rebuild()
+            self.consuming = True
+            self.started.set()
+            log.info(
+                "detector.started",
+                clusters=len(self.state.clusters),
+                statuses=self.cluster_view(),
+                frozen=self.state.frozen,
+            )
             while not stop.is_set():
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=self.tick_interval_s)
                 except TimeoutError:
-                    await self._apply(Tick())
+                    await self._apply(Tick(), self.clock())
         finally:
             self.consuming = False
             await sub.unsubscribe()
 
-    async def _on_message(self, msg: Msg) -> None:
+    async def _rebuild(self) -> None:
+        kv = self.bus.kv.state
+        persisted = await Bus.kv_items(kv, "cluster.")
+        guard = await Bus.kv_get(kv, "freeze")
+        restore(
+            self.state,
+            {k.removeprefix("cluster."): v for k, v in persisted.items()},
+            guard[0] if guard else None,
+        )
+        for name, cluster in self.state.clusters.items():
+            self.metrics.set_cluster_state(name, cluster.status)
+        window = self.state.settings.replay_window_s
+        replayed = 0
+        async for subject, data, stored_at in self.bus.replay(
+            subjects.STREAM_HEALTH, subjects.HEALTH_ALL, window
+        ):
+            report = self._parse(subject, data, count=False)
+            if report is not None:
+                await self._apply(report, stored_at)
+                replayed += 1
+        buffered, self._buffer = self._buffer or [], None
+        for subject, data in buffered:
+            await self._handle(subject, data)
+        await self._apply(Tick(), self.clock())
+        log.info(
+            "detector.rebuilt",
+            persisted=len(persisted),
+            replayed=replayed,
+            window_s=window,
+            buffered=len(buffered),
+        )
+
+    async def _on_live(self, msg: Any) -> None:
+        if self._buffer is not None:
+            self._buffer.append((msg.subject, bytes(msg.data)))
+            return
+        await self._handle(msg.subject, msg.data)
+
+    async def _handle(self, subject: str, data: bytes) -> None:
+        report = self._parse(subject, data)
+        if report is not None:
+            self.metrics.reports.labels(result="ok" if report.ok else "fail").inc()
+            await self._apply(report, self.clock())
+
+    def _parse(self, subject: str, data: bytes, count: bool = True) -> HealthReport | None:
         try:
-            report = HealthReport.model_validate_json(msg.data)
+            report = HealthReport.model_validate_json(data)
         except ValidationError as e:
-            self._malformed(
-                msg.subject,
-                f"invalid report: {e.error_count()} error(s), first: {e.errors(include_url=False)[0]['msg']}",
-            )
-            return
-        if msg.subject != subjects.health(report.cluster, report.probe):
-            self._malformed(msg.subject, f"subject does not match body ({report.cluster}/{report.probe})")
-            return
-        self.metrics.reports.labels(result="ok" if report.ok else "fail").inc()
-        await self._apply(report)
+            if count:
+                self._malformed(
+                    subject,
+                    f"invalid report: {e.error_count()} error(s), first: "
+                    f"{e.errors(include_url=False)[0]['msg']}",
+                )
+            return None
+        if subject != subjects.health(report.cluster, report.probe):
+            if count:
+                self._malformed(subject, f"subject does not match body ({report.cluster}/{report.probe})")
+            return None
+        return report
 
     def _malformed(self, subject: str, reason: str) -> None:
         self.metrics.malformed.labels(subject_kind="health").inc()
@@ -86,12 +160,21 @@ class DetectionService:
             self._malformed_logged_at = now
             log.warning("health.malformed_dropped", subject=subject[:200], reason=reason[:300])
 
-    async def _apply(self, item: HealthReport | Tick) -> None:
-        _state, changes = transition(self.state, item, self.clock())
-        for change in changes:
-            await self._publish(change)
+    async def resume(self, actor: str) -> None:
+        """A human resumes automation after the observer guard froze it."""
+        await self._apply(Resume(actor), self.clock())
 
-    async def _publish(self, change: Transition) -> None:
+    async def _apply(self, item: HealthReport | Tick | Resume, now: float) -> None:
+        async with self._lock:  # one input at a time: replay, live reports, ticks and commands interleave
+            _state, outputs = transition(self.state, item, now)
+            for output in outputs:
+                await self._publish(output)
+
+    async def _publish(self, output: Output) -> None:
+        if isinstance(output, Signal):
+            await self._publish_signal(output)
+            return
+        change: Transition = output
         self.metrics.set_cluster_state(change.cluster, change.to)
         self.metrics.transitions.labels(cluster=change.cluster, to=change.to).inc()
         log.info(
@@ -102,6 +185,7 @@ class DetectionService:
             event_type=change.type,
             reason=change.reason,
         )
+        await self._persist(f"cluster.{change.cluster}", snapshot(self.state, change.cluster))
         if change.type is None:
             return
         event = ClusterEvent(
@@ -112,11 +196,33 @@ class DetectionService:
             reason=change.reason,
             evidence=change.evidence,
         )
-        try:
-            await self.bus.publish_durable(subjects.cluster_events(change.cluster), event.to_json())
-        except OrchestratorError as e:
-            log.error("cluster.event_publish_failed", cluster=change.cluster, error=str(e))
+        await self._durable(subjects.cluster_events(change.cluster), event.to_json())
         await self.on_event(event.model_dump(mode="json", by_alias=True))
+
+    async def _publish_signal(self, signal: Signal) -> None:
+        log.warning("system.signal", signal=signal.type, reason=signal.reason)
+        self.metrics.observer_frozen.set(1 if self.state.frozen else 0)
+        self.metrics.suspect_vantages.set(len(self.state.suspects))
+        if signal.type.startswith(("observer.", "automation.")):
+            await self._persist("freeze", guard_snapshot(self.state))
+        if signal.type == "cluster.flapping":
+            cluster = str(signal.detail["cluster"])
+            await self._persist(f"cluster.{cluster}", snapshot(self.state, cluster))
+        event = SystemEvent(type=signal.type, reason=signal.reason, detail=signal.detail)
+        await self._durable(subjects.SYSTEM_EVENTS, event.to_json())
+        await self.on_event(event.model_dump(mode="json"))
+
+    async def _persist(self, key: str, value: dict[str, Any]) -> None:
+        try:
+            await Bus.kv_put(self.bus.kv.state, key, value)
+        except OrchestratorError as e:
+            log.error("detector.persist_failed", key=key, error=str(e))
+
+    async def _durable(self, subject: str, payload: bytes) -> None:
+        try:
+            await self.bus.publish_durable(subject, payload)
+        except OrchestratorError as e:
+            log.error("event.publish_failed", subject=subject, error=str(e))
 
     def cluster_view(self) -> dict[str, str]:
         return {name: c.status for name, c in self.state.clusters.items()}

@@ -42,6 +42,14 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.observer_frozen = Gauge(
+            "failover_observer_frozen", "1 while the observer guard holds automation frozen", registry=r
+        )
+        self.suspect_vantages = Gauge(
+            "failover_suspect_vantages",
+            "Vantages whose reports count as stale because they disagree",
+            registry=r,
+        )
         self.up = Gauge("failover_up", "1 while the daemon runs", registry=r)
 
     def set_cluster_state(self, cluster: str, state: str) -> None:

@@ -129,7 +129,12 @@ class Daemon:
             )
             self.api = ApiServer(build_app(self.metrics, self.readiness), config.api.host, config.api.port)
             await self.api.start()
-            tasks.append(create_guarded_task(self.detection.run(stop), "detector", stop))
+            detector_task = create_guarded_task(self.detection.run(stop), "detector", stop)
+            tasks.append(detector_task)
+            started = asyncio.ensure_future(self.detection.started.wait())
+            await asyncio.wait([started, detector_task], return_when=asyncio.FIRST_COMPLETED)
+            if not started.done():  # the detector died while rebuilding: the guard has set `stop`
+                started.cancel()
             if self.run_probes:
                 prober = Prober(config, bus.publish)
                 tasks.append(create_guarded_task(prober.run(stop), "prober", stop))

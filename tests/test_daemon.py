@@ -20,7 +20,7 @@ from orchestrator import subjects
 from orchestrator.bus import Bus, EmbeddedNats
 from orchestrator.config import NatsConfig, load_config
 from orchestrator.runtime import Daemon
-from tests.helpers import fleet, hook_receiver, wait_for, write_config
+from tests.helpers import SHORT_DETECTION, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -161,7 +161,9 @@ async def test_the_last_healthy_cluster_is_never_drained(
     nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
 ) -> None:
     async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
-        path = write_config(tmp_path, f, hook.url, nats_url=nats_server.url)
+        # the observer guard would freeze on two of three failing together; here we test the balancer guard
+        detection = SHORT_DETECTION.replace("}", ", max_failed_fraction: 1.0}")
+        path = write_config(tmp_path, f, hook.url, nats_url=nats_server.url, detection=detection)
         async with running(path) as daemon:
             assert daemon.bus is not None
             runs = await collect(daemon.bus, subjects.RUNS_ALL)
@@ -192,6 +194,67 @@ async def test_the_last_healthy_cluster_is_never_drained(
                 return any("failover of ap-south failed" in n["summary"] for n in hook.received)
 
             await wait_for(paged, 5, "the on_failure page")
+
+
+async def test_everything_failing_at_once_freezes_and_pages_instead_of_draining(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
+        path = write_config(tmp_path, f, hook.url, nats_url=nats_server.url)
+        async with running(path) as daemon:
+            assert daemon.bus is not None
+            events = await collect(daemon.bus, subjects.EVENTS_ALL)
+            await wait_for(lambda: all_healthy(daemon), 10, "all clusters healthy")
+            for app in f.apps.values():
+                app.fail(503)  # every cluster at once: more likely our side than theirs
+
+            async def paged() -> bool:
+                return any("automation frozen" in n["summary"] for n in hook.received)
+
+            await wait_for(paged, 10, "the observer-suspect page")
+            await asyncio.sleep(1.0)  # ~5 more rounds: still nothing drained
+            assert await f.weights() == {"eu-west": 100, "us-east": 100, "ap-south": 100}
+            kinds = [e["type"] for e in events]
+            assert kinds.count("observer.suspect") == 1 and "cluster.failed" not in kinds
+            assert "failover_observer_frozen 1.0" in await metrics_text(daemon)
+
+            for app in f.apps.values():
+                app.heal()
+
+            async def cleared() -> bool:
+                return any(e["type"] == "observer.clear" for e in events)
+
+            await wait_for(cleared, 10, "observer.clear")
+            assert "cluster.failed" not in [e["type"] for e in events]
+
+
+async def test_restart_does_not_emit_a_failure_twice(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
+        path = write_config(tmp_path, f, hook.url, nats_url=nats_server.url)
+        watcher = await Bus.connect(NatsConfig(url=nats_server.url), tmp_path, name="watcher")
+        try:
+            events = await collect(watcher, "failover.events.cluster.>")
+            async with running(path) as daemon:
+                await wait_for(lambda: all_healthy(daemon), 10, "all clusters healthy")
+                await f.apps["us-east"].stop()
+
+                async def failed() -> bool:
+                    return any(e["type"] == "cluster.failed" for e in events)
+
+                await wait_for(failed, 10, "cluster.failed")
+            # the daemon is down for a moment while us-east stays down; then it starts again
+            async with running(path) as daemon:
+                assert daemon.detection is not None
+                assert daemon.detection.cluster_view()["us-east"] == "failed"  # from KV, before any report
+                await asyncio.sleep(1.5)  # several rounds of us-east still failing
+                assert daemon.detection.cluster_view()["us-east"] == "failed"
+            await watcher.flush()
+            assert [e["type"] for e in events if e["cluster"] == "us-east"] == ["cluster.failed"]
+            assert (await f.weights())["us-east"] == 0
+        finally:
+            await watcher.close()
 
 
 def test_run_subprocess_stops_cleanly_on_sigterm(

@@ -17,7 +17,18 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-EventType = Literal["cluster.failed", "cluster.degraded", "cluster.recovered", "manual"]
+EventType = Literal[
+    "cluster.failed",
+    "cluster.degraded",
+    "cluster.recovered",
+    "cluster.unknown",
+    "manual",
+    # system events a human must hear about: a playbook with `notify` pages on them
+    "observer.suspect",
+    "observer.clear",
+    "cluster.flapping",
+    "vantage.suspect",
+]
 
 
 class Selector(Model):
