@@ -199,11 +199,13 @@ def transition(
 ) -> tuple[DetectorState, list[Output]]:
     out: list[Output] = []
     if isinstance(item, HealthReport):
-        if not _record(state, item, now):
+        recorded = _record(state, item, now)
+        if recorded is None:
             return state, out
-        if _update_suspects(state, now, out):
+        # suspects depend on failing counts (changed here) and freshness (re-checked on every tick)
+        if (recorded or state.suspects) and _update_suspects(state, now, out):
             _evaluate_all(state, now, out)
-        else:
+        elif not _steady(state, item):
             _evaluate(state, state.clusters[item.cluster], now, out)
     elif isinstance(item, Resume):
         if state.frozen:
@@ -243,15 +245,31 @@ def required_quorum(settings: Settings, known_vantages: int) -> int:
 # recording -------------------------------------------------------------------------------------------
 
 
-def _record(state: DetectorState, report: HealthReport, now: float) -> bool:
-    if not accepts(state, report):
+def _steady(state: DetectorState, report: HealthReport) -> bool:
+    """A passing report that cannot change anything: the cluster is healthy and this track was already
+    past its success threshold with no latency limit in question. Skipping the evaluation here is what
+    keeps a large healthy fleet cheap."""
+    cluster = state.clusters[report.cluster]
+    if not report.ok or cluster.status != "healthy" or state.frozen:
         return False
+    track = cluster.tracks[(report.probe, report.vantage)]
+    return (
+        track.consecutive_ok > state.settings.success_threshold
+        and state.probes[report.cluster][report.probe].latency_limit_ms is None
+    )
+
+
+def _record(state: DetectorState, report: HealthReport, now: float) -> bool | None:
+    """Apply a report to its track. None: ignored (unknown, duplicate, superseded); otherwise whether a
+    fail-impact probe started or stopped failing at this vantage."""
+    if not accepts(state, report):
+        return None
     vantage = report.vantage
     current_boot = state.boots.get(vantage)
     if current_boot != report.boot_id:
         retired = state.retired_boots.setdefault(vantage, [])
         if report.boot_id in retired:
-            return False  # a late report from a prober boot that a newer one superseded
+            return None  # a late report from a prober boot that a newer one superseded
         if current_boot is not None:
             retired.append(current_boot)
             del retired[:-8]  # bounded memory; eight restarts back is plenty to catch stragglers
@@ -267,7 +285,7 @@ def _record(state: DetectorState, report: HealthReport, now: float) -> bool:
         track = Track(report.boot_id, -1, now, report.ok)  # counts never carry across boots
         cluster.tracks[key] = track
     if report.seq <= track.seq:
-        return False  # duplicate or out of order within one boot
+        return None  # duplicate or out of order within one boot
     was_failing = track.consecutive_fail > 0
     track.seq = report.seq
     track.received_at = now
@@ -288,7 +306,8 @@ def _record(state: DetectorState, report: HealthReport, now: float) -> bool:
         track.ok_since = None
     if counts_for_guard and was_failing == report.ok:  # started or stopped failing
         _count_failing(state, vantage, report.cluster, -1 if report.ok else 1)
-    return True
+        return True
+    return False
 
 
 def _count_failing(state: DetectorState, vantage: str, cluster: str, delta: int) -> None:
