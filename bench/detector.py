@@ -222,7 +222,7 @@ async def main(args: argparse.Namespace) -> None:
                 raise TimeoutError("the daemon did not ingest the burst")
             await asyncio.sleep(0.2)
         pipeline_done = time.time() - (0.1 if polled else 0)  # midpoint of the last poll interval
-        raw_first, raw_done = map(float, raw.stdout.readline().split())
+        _raw_first, raw_done = map(float, raw.stdout.readline().split())
         raw.wait(30)
         pipeline_rate = len(burst) / (pipeline_done - start)
         raw_rate = len(burst) / (raw_done - start)
