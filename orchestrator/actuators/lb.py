@@ -51,19 +51,25 @@ class BalancerActuator:
         self.store = store
         self.lock = asyncio.Lock()
 
-    def _check_min_healthy(
-        self, current: Mapping[str, int], after: Mapping[str, int], min_healthy: int, force: bool
-    ) -> None:
+    def refusal(self, current: Mapping[str, int], after: Mapping[str, int], min_healthy: int) -> str | None:
+        """Why `min_healthy_clusters` forbids going from `current` to `after`, or None."""
         states = self.states()
         result = {**current, **after}
         serving = sorted(c for c, w in result.items() if w > 0 and states.get(c) != "failed")
         if len(serving) >= min_healthy:
-            return
+            return None
         changed = ", ".join(f"{c} {current.get(c)} -> {w}" for c, w in after.items())
-        message = (
+        return (
             f"balancer {self.name}: {changed} would leave {len(serving)} serving healthy cluster(s) "
             f"({', '.join(serving) or 'none'}); minimum is {min_healthy}"
         )
+
+    def _check_min_healthy(
+        self, current: Mapping[str, int], after: Mapping[str, int], min_healthy: int, force: bool
+    ) -> None:
+        message = self.refusal(current, after, min_healthy)
+        if message is None:
+            return
         if force:
             log.warning("guard.overridden", rule="min_healthy_clusters", balancer=self.name, message=message)
             return
@@ -71,16 +77,68 @@ class BalancerActuator:
 
     async def drain(self, cluster: str, min_healthy: int = 1, force: bool = False) -> WeightChange:
         """Weight 0 for `cluster`; records the original first (kv.create: never overwritten by a 0)."""
+        [change] = await self.set_weights({cluster: 0}, min_healthy=min_healthy, force=force)
+        return change
+
+    async def set_weights(
+        self,
+        weights: Mapping[str, int],
+        expect: Mapping[str, int] | None = None,
+        min_healthy: int = 1,
+        force: bool = False,
+    ) -> list[WeightChange]:
+        """Set absolute weights for several clusters at once, under the balancer's lock.
+
+        The guard sees the whole resulting vector. Before a cluster's weight first goes down from a
+        serving value, that value is recorded (kv.create) so a restore can put it back. With `expect`,
+        a cluster whose current weight is not the expected one is left alone and reported as drift.
+        """
         async with self.lock:
             current = await self.balancer.get_weights()
-            before = current[cluster]
-            if before == 0:
-                return WeightChange(self.name, cluster, 0, 0)
-            self._check_min_healthy(current, {cluster: 0}, min_healthy, force)
-            await self.store.record_original_lb(self.name, cluster, before)
-            await self.balancer.set_weights({cluster: 0})
-            log.info("lb.drained", balancer=self.name, cluster=cluster, before=before)
-            return WeightChange(self.name, cluster, before, 0)
+            unknown = sorted(set(weights) - set(current))
+            if unknown:
+                raise GuardRefused("members", f"balancer {self.name} has no member for {', '.join(unknown)}")
+            changes: dict[str, WeightChange] = {}
+            apply: dict[str, int] = {}
+            for cluster, weight in weights.items():
+                before = current[cluster]
+                if expect is not None and cluster in expect and before != expect[cluster]:
+                    changes[cluster] = WeightChange(
+                        self.name,
+                        cluster,
+                        before,
+                        before,
+                        drift=f"expected {expect[cluster]}, found {before}; left as it is",
+                    )
+                elif before == weight:
+                    changes[cluster] = WeightChange(self.name, cluster, before, weight)
+                else:
+                    apply[cluster] = weight
+            if apply:
+                self._check_min_healthy(current, apply, min_healthy, force)
+                for cluster, weight in apply.items():
+                    if weight < current[cluster]:
+                        await self.store.record_original_lb(self.name, cluster, current[cluster])
+                await self.balancer.set_weights(apply)
+                for cluster, weight in apply.items():
+                    changes[cluster] = WeightChange(self.name, cluster, current[cluster], weight)
+                    log.info(
+                        "lb.weight_set",
+                        balancer=self.name,
+                        cluster=cluster,
+                        before=current[cluster],
+                        after=weight,
+                    )
+            return [changes[c] for c in weights]
+
+    async def set_weight(
+        self, cluster: str, weight: int, expect: int | None = None, min_healthy: int = 1, force: bool = False
+    ) -> WeightChange:
+        """Set one absolute weight; with `expect`, only if the current value is still that (else drift)."""
+        [change] = await self.set_weights(
+            {cluster: weight}, None if expect is None else {cluster: expect}, min_healthy, force
+        )
+        return change
 
     async def target_weight(self, cluster: str) -> int:
         """The recorded original, or the nominal weight mapped to the native range."""
@@ -88,28 +146,6 @@ class BalancerActuator:
         if recorded is not None:
             return recorded
         return self.balancer.native_weight(self.nominal.get(cluster, 0))
-
-    async def set_weight(
-        self, cluster: str, weight: int, expect: int | None = None, min_healthy: int = 1, force: bool = False
-    ) -> WeightChange:
-        """Set an absolute weight; with `expect`, only if the current value is still that (else drift)."""
-        async with self.lock:
-            current = await self.balancer.get_weights()
-            before = current[cluster]
-            if expect is not None and before != expect:
-                return WeightChange(
-                    self.name,
-                    cluster,
-                    before,
-                    before,
-                    drift=f"expected {expect}, found {before}; left as it is",
-                )
-            if before == weight:
-                return WeightChange(self.name, cluster, before, weight)
-            self._check_min_healthy(current, {cluster: weight}, min_healthy, force)
-            await self.balancer.set_weights({cluster: weight})
-            log.info("lb.weight_set", balancer=self.name, cluster=cluster, before=before, after=weight)
-            return WeightChange(self.name, cluster, before, weight)
 
     async def finish_restore(self, cluster: str) -> None:
         """Forget the recorded original once the restore is verified complete."""

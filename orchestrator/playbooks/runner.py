@@ -1,70 +1,64 @@
-"""Runs: from an event to executed steps, journalled at every transition.
+"""Scheduling runs (DESIGN §6b): from events to journalled runs, one at a time per concurrency key.
 
-One run at a time per `concurrency` key (default: the event's cluster), different keys in parallel.
-A second event of the same type for a key whose run is still active is deduplicated (and says so).
-Every step runs under a timeout; TemporaryError is retried with the step's policy (tenacity), anything
-else fails the step. The journal (KV `failover-runs`, key `run.<id>`) and the run events
-(`failover.runs.<id>`) are written at every step transition.
+- One run per `concurrency` key (default: the event's cluster); different keys run in parallel.
+- A second event of the same type for the same playbook while its run is active is deduplicated.
+- `cluster.failed` preempts a running failback for the same key at its next journalled point, then
+  runs; other events queue behind the active run, the latest event per playbook winning.
+- Pause (global or per cluster, KV `pause`, `pause.cluster.<c>`) blocks new runs; a blocked protective
+  run (on `cluster.failed`) runs its `on_failure` steps, which page.
+- `cooldown` and `budget` (KV `guard.<playbook>.<key>`) delay failbacks and notifications; they never
+  delay a protective run.
+- Unfinished runs found in the journal at start are resumed from their journalled plan.
+Every block, dedupe, delay and preemption is a run event that says which rule and why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
-from pydantic import ValidationError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_fixed,
-)
 
-from orchestrator.errors import GuardRefused, OrchestratorError, PermanentError, TemporaryError
+from orchestrator.errors import OrchestratorError
 from orchestrator.models import RunEvent, RunEventType, new_id, rfc3339
 from orchestrator.playbooks import templates
-from orchestrator.playbooks.actions import REGISTRY, Services, StepContext
+from orchestrator.playbooks.actions import Preempted, Services
+from orchestrator.playbooks.execute import RunExecutor
+from orchestrator.playbooks.journal import Fenced, Journal
 from orchestrator.playbooks.loader import LoadedPlaybook
-from orchestrator.playbooks.model import Playbook, RetryPolicy, Step
+from orchestrator.playbooks.model import Playbook
+from orchestrator.playbooks.plan import render_plan
+from orchestrator.state_store import StateStore
 
 log = structlog.get_logger(__name__)
 
-
-class Journal(Protocol):
-    async def save(self, record: dict[str, Any]) -> None: ...
-
-    async def emit(self, event: RunEvent) -> None: ...
-
-
 ClusterView = Callable[[], list[dict[str, Any]]]
-
-
-class StepFailed(OrchestratorError):
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(f"{step}: {message}")
-        self.step = step
-        self.reason = message
+PROTECTIVE = "cluster.failed"
+PREEMPTABLE = ("cluster.recovered",)
 
 
 @dataclass
 class Run:
     id: str
-    loaded: LoadedPlaybook
+    playbook: str
     event: dict[str, Any]
     key: str
-    record: dict[str, Any] = field(default_factory=dict)
+    loaded: LoadedPlaybook | None = None
+    record: dict[str, Any] | None = None
+    force: bool = False
+    actor: str | None = None
+    preempt: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
-    @property
-    def playbook(self) -> Playbook:
-        return self.loaded.playbook
+
+def kv_token(text: str) -> str:
+    """A KV key token from any text (keys allow letters, digits, '-', '_', '=')."""
+    return re.sub(r"[^A-Za-z0-9_=-]", "_", text) or "_"
 
 
 class Runner:
@@ -74,28 +68,33 @@ class Runner:
         journal: Journal,
         playbooks: Mapping[str, LoadedPlaybook],
         clusters: ClusterView,
+        store: StateStore | None = None,
         on_run_event: Callable[[RunEvent], Awaitable[None]] | None = None,
     ) -> None:
         self.services = services
         self.journal = journal
         self.playbooks = dict(playbooks)
         self.clusters = clusters
+        self.store = store
         self.on_run_event = on_run_event
         self.active: dict[str, Run] = {}
         """concurrency key -> the run holding it."""
+        self.pending: dict[str, list[Run]] = {}
         self.runs: dict[str, Run] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self._accepting = True
 
     def set_playbooks(self, playbooks: Mapping[str, LoadedPlaybook]) -> None:
+        """Hot reload: new runs use the new set; running and resumed runs keep their journalled plan."""
         self.playbooks = dict(playbooks)
+
+    # intake ----------------------------------------------------------------------------------------
 
     def matching(self, event: Mapping[str, Any]) -> list[LoadedPlaybook]:
         cluster = event.get("cluster")
-        labels = {}
+        labels: dict[str, str] = {}
         if isinstance(cluster, str):
             with contextlib.suppress(KeyError):
-                labels = self.services.config.cluster(cluster).labels
+                labels = dict(self.services.config.cluster(cluster).labels)
         out = []
         for loaded in self.playbooks.values():
             on = loaded.playbook.on
@@ -109,290 +108,317 @@ class Runner:
         return out
 
     async def on_event(self, event: Mapping[str, Any]) -> list[str]:
-        """Start a run of every playbook the event matches; return the run ids started."""
+        """Schedule a run of every playbook the event matches; return their run ids."""
         if not self._accepting:
             return []
         started = []
         for loaded in self.matching(event):
-            run = self._new_run(loaded, dict(event))
-            if run is None:
-                continue
-            started.append(run.id)
+            run_id = await self.submit(loaded, dict(event))
+            if run_id:
+                started.append(run_id)
         return started
 
-    def start(self, loaded: LoadedPlaybook, event: Mapping[str, Any]) -> str | None:
-        run = self._new_run(loaded, dict(event))
-        return run.id if run else None
-
-    def _new_run(self, loaded: LoadedPlaybook, event: dict[str, Any]) -> Run | None:
+    async def submit(
+        self, loaded: LoadedPlaybook, event: dict[str, Any], force: bool = False, actor: str | None = None
+    ) -> str | None:
+        """Schedule one run; returns its id, or None when it was deduplicated."""
         key = self._concurrency_key(loaded.playbook, event)
-        run = Run(new_id(), loaded, event, key)
+        run = Run(new_id(), loaded.playbook.name, event, key, loaded, force=force, actor=actor)
         active = self.active.get(key)
-        if active is not None and active.event.get("type") == event.get("type") and active.loaded is loaded:
-            asyncio.get_running_loop().create_task(
-                self._emit(
-                    run,
-                    "deduplicated",
-                    detail={
-                        "rule": "concurrency",
-                        "key": key,
-                        "active_run": active.id,
-                        "reason": f"a run for {event.get('type')} on {key} is already active",
-                    },
-                )
+        if active is None:
+            self._start(run)
+            return run.id
+        if active.playbook == run.playbook and active.event.get("type") == event.get("type"):
+            await self._emit(
+                active.id,
+                active.playbook,
+                "deduplicated",
+                detail={
+                    "rule": "concurrency",
+                    "key": key,
+                    "event": event.get("type"),
+                    "event_id": event.get("id"),
+                    "reason": f"a {event.get('type')} run of {run.playbook} is already active for {key}",
+                },
             )
             return None
+        queue = self.pending.setdefault(key, [])
+        for queued in [q for q in queue if q.playbook == run.playbook]:
+            queue.remove(queued)  # latest wins
+            await self._emit(
+                queued.id,
+                queued.playbook,
+                "deduplicated",
+                detail={
+                    "rule": "latest_wins",
+                    "key": key,
+                    "reason": f"superseded by a newer {event.get('type')} event",
+                },
+            )
+        if event.get("type") == PROTECTIVE and active.event.get("type") in PREEMPTABLE:
+            queue.insert(0, run)
+            active.preempt.set()
+            await self._emit(
+                active.id,
+                active.playbook,
+                "preempted",
+                detail={
+                    "rule": "preemption",
+                    "key": key,
+                    "by_event": PROTECTIVE,
+                    "reason": f"{event.get('cluster')} failed again: stopping at the next journalled point",
+                },
+            )
+        else:
+            queue.append(run)
         self.runs[run.id] = run
-        run.task = asyncio.get_running_loop().create_task(self._guarded(run), name=f"run-{run.id}")
-        return run
+        return run.id
 
     def _concurrency_key(self, playbook: Playbook, event: Mapping[str, Any]) -> str:
         if playbook.concurrency:
             try:
-                return f"{playbook.name}:{templates.render_string(playbook.concurrency, {'event': event})}"
+                return str(templates.render_string(playbook.concurrency, {"event": event}))
             except templates.TemplateError as e:
                 log.warning("run.concurrency_key_failed", playbook=playbook.name, error=str(e))
         return str(event.get("cluster") or playbook.name)
 
-    async def _guarded(self, run: Run) -> None:
-        lock = self._locks.setdefault(run.key, asyncio.Lock())
+    def _start(self, run: Run) -> None:
+        self.active[run.key] = run
+        self.runs[run.id] = run
+        run.task = asyncio.get_running_loop().create_task(self._drive(run), name=f"run-{run.id}")
+
+    def _next(self, key: str) -> None:
+        self.active.pop(key, None)
+        queue = self.pending.get(key)
+        if queue and self._accepting:
+            self._start(queue.pop(0))
+        if not queue:
+            self.pending.pop(key, None)
+
+    # driving a run ------------------------------------------------------------------------------
+
+    async def _drive(self, run: Run) -> None:
         try:
-            async with lock:
-                self.active[run.key] = run
-                try:
-                    with structlog.contextvars.bound_contextvars(run_id=run.id, playbook=run.playbook.name):
-                        await self._execute(run)
-                finally:
-                    self.active.pop(run.key, None)
+            with structlog.contextvars.bound_contextvars(run_id=run.id, playbook=run.playbook):
+                if run.record is None:
+                    await self._begin(run)
+                if run.record is not None and run.record["status"] in ("running", "delayed"):
+                    executor = RunExecutor(
+                        run.record,
+                        self.services,
+                        self.journal,
+                        lambda kind, step, attempt, detail: self._emit(
+                            run.id, run.playbook, kind, step, attempt, detail
+                        ),
+                        self.clusters,
+                        run.preempt,
+                    )
+                    if run.record["status"] == "delayed":
+                        await self._wait_delay(run)
+                    if run.record["status"] == "running":
+                        await executor.execute()
+        except Fenced as e:
+            log.warning("run.fenced", run_id=run.id, reason=str(e))
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("run.crashed", run_id=run.id)
+        finally:
+            self._next(run.key)
 
-    async def _execute(self, run: Run) -> None:
-        pb = run.playbook
-        run.record = {
+    async def _begin(self, run: Run) -> None:
+        assert run.loaded is not None
+        pb = run.loaded.playbook
+        record: dict[str, Any] = {
             "id": run.id,
             "playbook": pb.name,
             "playbook_sha256": run.loaded.sha256,
             "event": run.event,
-            "status": "running",
-            "started_at": rfc3339(time.time()),
-            "steps": {},
             "key": run.key,
+            "status": "running",
+            "created_at": rfc3339(time.time()),
+            "steps": {},
+            "force": run.force,
+            "actor": run.actor,
         }
-        await self._emit(
-            run, "started", detail={"event": run.event.get("type"), "cluster": run.event.get("cluster")}
-        )
-        context: dict[str, Any] = {"event": run.event, "clusters": self.clusters(), "steps": {}}
+        run.record = record
         try:
-            variables = self._render_vars(pb, context)
-            context["vars"] = variables
-            context.update(variables)
-            for index, step in enumerate(pb.steps):
-                await self._run_step(run, step, pb.step_id(index, step), context)
-        except StepFailed as failure:
-            run.record["status"] = "failed"
-            run.record["failed_step"] = failure.step
-            run.record["error"] = failure.reason
-            await self._on_failure(run, context, failure)
-            await self._finish(run)
+            record["plan"] = render_plan(pb, run.event, self.clusters())
+        except templates.TemplateError as e:
+            record.update(status="failed", error=f"cannot render the plan: {e}", plan={"steps": []})
+            await self.journal.save(record)
+            await self._emit(
+                run.id, pb.name, "finished", detail={"status": "failed", "error": record["error"]}
+            )
             return
-        run.record["status"] = "succeeded"
-        await self._finish(run)
-
-    def _render_vars(self, pb: Playbook, context: dict[str, Any]) -> dict[str, Any]:
-        variables: dict[str, Any] = {}
-        for name, value in pb.vars.items():
-            try:
-                variables[name] = templates.render(value, {**context, **variables, "vars": variables})
-            except templates.TemplateError as e:
-                raise StepFailed("vars", f"{name}: {e}") from e
-        return variables
-
-    async def _on_failure(self, run: Run, context: dict[str, Any], failure: StepFailed) -> None:
-        on_failure = run.playbook.on_failure
-        if on_failure is None:
-            return
-        context = {**context, "failed_step": failure.step, "error": failure.reason}
-        for index, step in enumerate(on_failure.steps):
-            try:
-                await self._run_step(run, step, run.playbook.step_id(index, step, "on_failure-"), context)
-            except StepFailed as e:
-                log.error("run.on_failure_step_failed", step=e.step, error=e.reason)
-
-    async def _finish(self, run: Run) -> None:
-        run.record["finished_at"] = rfc3339(time.time())
-        await self._save(run)
+        await self.journal.save(record)
         await self._emit(
-            run,
-            "finished",
+            run.id,
+            pb.name,
+            "started",
             detail={
-                "status": run.record["status"],
-                "failed_step": run.record.get("failed_step"),
-                "error": run.record.get("error"),
+                "event": run.event.get("type"),
+                "cluster": run.event.get("cluster"),
+                "key": run.key,
+                "playbook_sha256": run.loaded.sha256,
+                "actor": run.actor,
+                "force": run.force,
             },
         )
+        paused = await self._paused(run)
+        if paused:
+            await self._block(run, "pause", paused)
+            return
+        await self._apply_rate_guards(run)
 
-    async def _run_step(self, run: Run, step: Step, step_id: str, context: dict[str, Any]) -> None:
-        entry: dict[str, Any] = {"action": step.action, "status": "pending", "attempts": 0}
-        run.record["steps"][step_id] = entry
-        try:
-            if step.when is not None and not self._truthy(step.when, context):
-                entry["status"] = "skipped"
-                await self._save(run)
-                return
-            items: list[Any] | None = None
-            if step.for_each is not None:
-                rendered = templates.render(step.for_each, context)
-                if not isinstance(rendered, list | tuple):
-                    raise StepFailed(
-                        step_id, f"for_each must render to a list, got {type(rendered).__name__}"
-                    )
-                items = list(rendered)
-        except templates.TemplateError as e:
-            entry["status"] = "failed"
-            entry["error"] = str(e)
-            await self._save(run)
-            await self._emit(run, "step.failed", step_id, detail={"error": str(e)})
-            if step.continue_on_error:
-                return
-            raise StepFailed(step_id, str(e)) from e
+    async def _paused(self, run: Run) -> str | None:
+        if self.store is None or run.force:
+            return None
+        now = time.time()
+        keys = ["pause"]
+        cluster = run.event.get("cluster")
+        if isinstance(cluster, str):
+            keys.append(f"pause.cluster.{cluster}")
+        for key in keys:
+            value = await self.store.get(key)
+            if value and (value.get("until") is None or float(value["until"]) > now):
+                scope = "automation" if key == "pause" else f"automation for {cluster}"
+                until = f" until {rfc3339(float(value['until']))}" if value.get("until") else ""
+                return f"{scope} paused by {value.get('by', 'someone')}{until}"
+        return None
 
-        entry["status"] = "running"
-        entry["started_at"] = rfc3339(time.time())
-        await self._save(run)
-        await self._emit(
-            run,
-            "step.started",
-            step_id,
-            detail={"action": step.action, "items": items if items is not None else None},
-        )
-        try:
-            if items is None:
-                result: Any = await self._invoke(run, step, step_id, context, entry)
-            else:
-                sem = asyncio.Semaphore(step.max_parallel)
-                entry["items"] = {}
-
-                async def one(i: int, item: Any) -> Any:
-                    async with sem:
-                        sub = entry["items"].setdefault(str(i), {"item": item, "attempts": 0})
-                        return await self._invoke(run, step, step_id, {**context, "item": item}, sub)
-
-                result = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
-        except StepFailed as e:
-            entry["status"] = "failed"
-            entry["error"] = e.reason
-            entry["finished_at"] = rfc3339(time.time())
-            await self._save(run)
-            await self._emit(run, "step.failed", step_id, entry.get("attempts"), detail={"error": e.reason})
-            if step.continue_on_error:
-                context["steps"][step_id] = {"error": e.reason}
-                return
-            raise
-        entry["status"] = "succeeded"
-        entry["result"] = result
-        entry["finished_at"] = rfc3339(time.time())
-        context["steps"][step_id] = result
-        await self._save(run)
-        await self._emit(run, "step.succeeded", step_id, entry.get("attempts"), detail={"result": result})
-
-    def _truthy(self, expression: str | bool, context: Mapping[str, Any]) -> bool:
-        if isinstance(expression, bool):
-            return expression
-        value = templates.evaluate(expression, context)
-        if isinstance(value, str):
-            return value.strip().lower() not in ("", "false", "no", "0", "none")
-        return bool(value)
-
-    async def _invoke(
-        self, run: Run, step: Step, step_id: str, context: dict[str, Any], entry: dict[str, Any]
-    ) -> Any:
-        action = REGISTRY[step.action]
-        try:
-            rendered = templates.render(step.with_, context)
-            params = action.params.model_validate(rendered)
-        except templates.TemplateError as e:
-            raise StepFailed(step_id, str(e)) from e
-        except ValidationError as e:
-            errors = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            raise StepFailed(step_id, f"invalid parameters: {errors}") from e
-        entry["params"] = rendered
-        timeout_s = step.timeout_s or action.default_timeout_s(params)
-        ctx = StepContext(
-            self.services,
-            run.id,
-            run.playbook.name,
-            step_id,
-            run.event,
-            min_healthy_clusters=run.playbook.guards.min_healthy_clusters,
-            journal=entry,
-        )
-
-        async def attempt() -> dict[str, Any]:
-            entry["attempts"] = entry.get("attempts", 0) + 1
-            try:
-                async with asyncio.timeout(timeout_s):
-                    return await action.run(ctx, params)
-            except TimeoutError as e:
-                raise TemporaryError(f"timed out after {timeout_s:g}s") from e
-
-        policy = step.retry or RetryPolicy(attempts=1)
-        try:
-            async for try_ in AsyncRetrying(
-                stop=stop_after_attempt(policy.attempts),
-                wait=(
-                    wait_exponential(multiplier=policy.initial_s, max=policy.max_s)
-                    if policy.backoff == "exponential"
-                    else wait_fixed(policy.initial_s)
+    async def _block(self, run: Run, rule: str, reason: str) -> None:
+        assert run.record is not None
+        run.record.update(status="blocked", error=reason, finished_at=rfc3339(time.time()))
+        await self.journal.save(run.record)
+        await self._emit(run.id, run.playbook, "blocked", detail={"rule": rule, "reason": reason})
+        if run.event.get("type") == PROTECTIVE:
+            # a protective action that did not happen is a page, not a log line
+            executor = RunExecutor(
+                run.record,
+                self.services,
+                self.journal,
+                lambda kind, step, attempt, detail: self._emit(
+                    run.id, run.playbook, kind, step, attempt, detail
                 ),
-                retry=retry_if_exception_type(TemporaryError),
-                before_sleep=lambda state: self._log_retry(step_id, state),
-                reraise=True,
-            ):
-                with try_:
-                    return await attempt()
-        except GuardRefused as e:
-            await self._emit(run, "blocked", step_id, detail={"rule": e.rule, "reason": str(e)})
-            raise StepFailed(step_id, f"refused by guard {e}") from e
-        except (TemporaryError, PermanentError) as e:
-            raise StepFailed(step_id, str(e)) from e
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a bug in an action must fail the step, never kill the daemon
-            log.exception("step.crashed", step=step_id)
-            raise StepFailed(step_id, f"{type(e).__name__}: {e}") from e
-        raise StepFailed(step_id, "no attempt made")  # pragma: no cover - tenacity always attempts
-
-    @staticmethod
-    def _log_retry(step_id: str, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        log.warning("step.retrying", step=step_id, attempt=state.attempt_number, error=str(error))
-
-    async def _save(self, run: Run) -> None:
-        try:
+                self.clusters,
+                run.preempt,
+            )
+            await executor._on_failure(executor.base_context(), f"(guard {rule})", reason)
             await self.journal.save(run.record)
-        except OrchestratorError as e:
-            log.error("run.journal_write_failed", error=str(e))
+        await self._emit(run.id, run.playbook, "finished", detail={"status": "blocked", "error": reason})
+
+    async def _apply_rate_guards(self, run: Run) -> None:
+        """cooldown / budget: record this run, and delay it when over (never a protective one)."""
+        assert run.record is not None and run.loaded is not None
+        guards = run.loaded.playbook.guards
+        if self.store is None or (guards.cooldown_s is None and guards.budget is None):
+            return
+        key = f"guard.{kv_token(run.playbook)}.{kv_token(run.key)}"
+        now = time.time()
+        history = [float(t) for t in ((await self.store.get(key)) or {}).get("runs", [])]
+        horizon = max(guards.cooldown_s or 0, guards.budget.per_s if guards.budget else 0)
+        history = [t for t in history if now - t <= horizon]
+        wait_until, rule = now, ""
+        if guards.cooldown_s and history and max(history) + guards.cooldown_s > wait_until:
+            wait_until, rule = max(history) + guards.cooldown_s, "cooldown"
+        if guards.budget and len(history) >= guards.budget.runs:
+            oldest = sorted(history)[-guards.budget.runs]
+            if oldest + guards.budget.per_s > wait_until:
+                wait_until, rule = oldest + guards.budget.per_s, "budget"
+        if wait_until > now and run.event.get("type") == PROTECTIVE:
+            await self._emit(
+                run.id,
+                run.playbook,
+                "started",
+                detail={
+                    "guard_bypassed": rule,
+                    "reason": f"{rule} would delay this run, but it protects a failed cluster",
+                },
+            )
+            wait_until = now
+        history.append(max(now, wait_until))
+        await self.store.put(key, {"runs": history})
+        if wait_until > now:
+            run.record.update(status="delayed", delayed_until=wait_until)
+            await self.journal.save(run.record)
+            await self._emit(
+                run.id,
+                run.playbook,
+                "blocked",
+                detail={
+                    "rule": rule,
+                    "until": rfc3339(wait_until),
+                    "reason": f"{rule} of {run.playbook} for {run.key}: delayed until {rfc3339(wait_until)}",
+                },
+            )
+
+    async def _wait_delay(self, run: Run) -> None:
+        assert run.record is not None
+        until = float(run.record.get("delayed_until", 0))
+        remaining = until - time.time()
+        if remaining > 0:
+            try:
+                await asyncio.wait_for(run.preempt.wait(), timeout=remaining)
+            except TimeoutError:
+                pass
+            else:
+                run.record.update(status="preempted", finished_at=rfc3339(time.time()))
+                await self.journal.save(run.record)
+                await self._emit(run.id, run.playbook, "finished", detail={"status": "preempted"})
+                return
+        run.record["status"] = "running"
+        await self.journal.save(run.record)
+
+    # resume ---------------------------------------------------------------------------------------
+
+    async def resume_unfinished(self) -> list[str]:
+        """Adopt and continue every run a previous process left unfinished (its plan, not today's)."""
+        resumed = []
+        for record in await self.journal.unfinished():
+            run = Run(
+                str(record["id"]),
+                str(record["playbook"]),
+                dict(record["event"]),
+                str(record["key"]),
+                self.playbooks.get(str(record["playbook"])),
+                record,
+                bool(record.get("force")),
+                record.get("actor"),
+            )
+            if run.key in self.active:
+                self.pending.setdefault(run.key, []).append(run)
+            else:
+                self._start(run)
+            in_flight = [s for s, e in record.get("steps", {}).items() if e.get("status") == "running"]
+            await self._emit(
+                run.id,
+                run.playbook,
+                "resumed",
+                detail={
+                    "status": record["status"],
+                    "in_flight": in_flight,
+                    "done": [s for s, e in record.get("steps", {}).items() if e.get("status") == "succeeded"],
+                },
+            )
+            resumed.append(run.id)
+        return resumed
+
+    # events and lifecycle -------------------------------------------------------------------------
 
     async def _emit(
         self,
-        run: Run,
+        run_id: str,
+        playbook: str,
         kind: RunEventType,
         step: str | None = None,
         attempt: int | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
         event = RunEvent(
-            run_id=run.id,
-            playbook=run.playbook.name,
-            type=kind,
-            step=step,
-            attempt=attempt,
-            detail=detail or {},
+            run_id=run_id, playbook=playbook, type=kind, step=step, attempt=attempt, detail=detail or {}
         )
-        log.info(f"run.{kind}", run_id=run.id, playbook=run.playbook.name, step=step, detail=detail or {})
+        log.info(f"run.{kind}", run_id=run_id, playbook=playbook, step=step, detail=detail or {})
         try:
             await self.journal.emit(event)
         except OrchestratorError as e:
@@ -401,16 +427,30 @@ class Runner:
             await self.on_run_event(event)
 
     async def wait_idle(self, timeout_s: float | None = None) -> None:
-        tasks = [r.task for r in self.runs.values() if r.task and not r.task.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            tasks = [r.task for r in self.runs.values() if r.task and not r.task.done()]
+            if not tasks and not self.pending:
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            if tasks:
+                await asyncio.wait(tasks, timeout=remaining)
+            else:
+                await asyncio.sleep(0.01)
 
     async def stop(self, grace_s: float) -> None:
-        """Stop accepting events, give running steps `grace_s` to finish, then cancel."""
+        """Stop taking work, give running steps `grace_s` to finish, then cancel (the journal keeps
+        what was in flight, and the next leader resumes it)."""
         self._accepting = False
+        self.pending.clear()
         await self.wait_idle(grace_s)
         tasks = [r.task for r in self.runs.values() if r.task and not r.task.done()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+
+
+__all__ = ["Preempted", "Run", "Runner"]

@@ -1,0 +1,260 @@
+"""Commands: the same set over NATS request/reply (`failover.cmd`), the HTTP API and `failover ctl`.
+
+Every command is authorized by token and role (viewer < operator < admin) and written to
+`failover.audit` with who, what, through which channel and the result, never the token. With no
+`api.tokens` configured, commands run as `anonymous` with the admin role: that is for a laptop, and the
+daemon says so at start.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from orchestrator import subjects
+from orchestrator.bus import Bus
+from orchestrator.config import Config
+from orchestrator.durations import parse_duration
+from orchestrator.errors import OrchestratorError
+from orchestrator.models import AuditRecord, rfc3339
+from orchestrator.playbooks.approvals import ROLES, ApprovalBook
+from orchestrator.playbooks.runner import Runner
+from orchestrator.state_store import StateStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    actor: str
+    role: str
+    via: str
+
+
+class CommandError(OrchestratorError):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+Handler = Callable[[Caller, dict[str, Any]], Awaitable[Any]]
+REQUIRED_ROLE = {
+    "status": "viewer",
+    "clusters": "viewer",
+    "runs": "viewer",
+    "run": "viewer",
+    "failover": "operator",
+    "failback": "operator",
+    "pause": "operator",
+    "resume": "operator",
+    "approve": "operator",
+    "deny": "operator",
+}
+
+
+class Commands:
+    def __init__(
+        self,
+        config: Config,
+        bus: Bus,
+        runner: Runner,
+        store: StateStore,
+        approvals: ApprovalBook,
+        cluster_states: Callable[[], dict[str, str]],
+        resume_detector: Callable[[str], Awaitable[None]],
+        status: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.runner = runner
+        self.store = store
+        self.approvals = approvals
+        self.cluster_states = cluster_states
+        self.resume_detector = resume_detector
+        self.status = status
+        self.handlers: dict[str, Handler] = {
+            "status": self._status,
+            "clusters": self._clusters,
+            "runs": self._runs,
+            "run": self._run,
+            "failover": self._failover,
+            "failback": self._failback,
+            "pause": self._pause,
+            "resume": self._resume,
+            "approve": self._approve,
+            "deny": self._deny,
+        }
+
+    def authenticate(self, token: str | None, via: str) -> Caller:
+        tokens = self.config.api.tokens
+        if not tokens:
+            return Caller("anonymous", "admin", via)
+        if token:
+            for i, entry in enumerate(tokens):
+                if hmac.compare_digest(entry.token.get_secret_value().encode(), token.encode()):
+                    return Caller(entry.name or f"token-{i + 1}", entry.role, via)
+        raise CommandError("a valid token is required", 401)
+
+    async def handle(self, command: str, args: dict[str, Any], token: str | None, via: str) -> dict[str, Any]:
+        """Authorize, run, audit. Never raises: the answer says ok or error."""
+        caller: Caller | None = None
+        try:
+            caller = self.authenticate(token, via)
+            handler = self.handlers.get(command)
+            if handler is None:
+                raise CommandError(f"unknown command {command!r} (known: {', '.join(sorted(self.handlers))})")
+            needed = "admin" if args.get("force") else REQUIRED_ROLE[command]
+            if ROLES.index(caller.role) < ROLES.index(needed):
+                raise CommandError(
+                    f"{command} needs the {needed} role; {caller.actor} has {caller.role}", 403
+                )
+            result = await handler(caller, args)
+            answer: dict[str, Any] = {"ok": True, "result": result}
+        except CommandError as e:
+            answer = {"ok": False, "error": str(e), "status": e.status}
+        except OrchestratorError as e:
+            answer = {"ok": False, "error": str(e), "status": 500}
+        if REQUIRED_ROLE.get(command) != "viewer" or not answer["ok"]:
+            await self._audit(caller, command, args, answer, via)
+        return answer
+
+    async def _audit(
+        self, caller: Caller | None, command: str, args: dict[str, Any], answer: dict[str, Any], via: str
+    ) -> None:
+        record = AuditRecord(
+            actor=caller.actor if caller else "unauthenticated",
+            via=via,
+            command=command,
+            args={k: v for k, v in args.items() if k != "token"},
+            result="ok" if answer["ok"] else f"error: {answer['error']}",
+        )
+        log.info("audit", actor=record.actor, via=via, command=command, result=record.result)
+        try:
+            await self.bus.publish_durable(subjects.AUDIT, record.to_json())
+        except OrchestratorError as e:
+            log.error("audit.publish_failed", error=str(e))
+
+    async def serve_nats(self) -> None:
+        """Answer `failover.cmd` requests: `{command, args, token}` -> `{ok, result | error}`."""
+
+        async def on_request(msg: Any) -> None:
+            try:
+                body = json.loads(msg.data)
+                if not isinstance(body, dict) or not isinstance(body.get("command"), str):
+                    raise ValueError("expected {command, args, token}")
+                args = body.get("args") or {}
+                if not isinstance(args, dict):
+                    raise ValueError("args must be an object")
+                answer = await self.handle(body["command"], args, body.get("token"), "nats")
+            except ValueError as e:
+                answer = {"ok": False, "error": f"bad request: {e}", "status": 400}
+            if msg.reply:
+                await self.bus.nc.publish(msg.reply, json.dumps(answer, default=str).encode())
+
+        await self.bus.subscribe(subjects.COMMANDS, on_request)
+
+    # handlers ------------------------------------------------------------------------------------
+
+    def _cluster_arg(self, args: dict[str, Any]) -> str:
+        cluster = args.get("cluster")
+        if not isinstance(cluster, str) or cluster not in {c.name for c in self.config.clusters}:
+            raise CommandError(f"unknown cluster {cluster!r}", 404)
+        return cluster
+
+    async def _status(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return self.status()
+
+    async def _clusters(self, caller: Caller, args: dict[str, Any]) -> Any:
+        states = self.cluster_states()
+        return [
+            {
+                "name": c.name,
+                "state": states.get(c.name, "unknown"),
+                "labels": dict(c.labels),
+                "weight": c.weight,
+            }
+            for c in self.config.clusters
+        ]
+
+    async def _runs(self, caller: Caller, args: dict[str, Any]) -> Any:
+        recent = await self.runner.journal.recent(int(args.get("limit", 20)))  # type: ignore[attr-defined]
+        return [
+            {k: r.get(k) for k in ("id", "playbook", "status", "key", "created_at", "finished_at", "error")}
+            for r in recent
+        ]
+
+    async def _run(self, caller: Caller, args: dict[str, Any]) -> Any:
+        record = await self.runner.journal.load(str(args.get("id", "")))
+        if record is None:
+            raise CommandError(f"no run {args.get('id')!r}", 404)
+        return record
+
+    async def _manual(self, caller: Caller, args: dict[str, Any], kind: str) -> Any:
+        cluster = self._cluster_arg(args)
+        matching = [
+            lp
+            for lp in self.runner.playbooks.values()
+            if lp.playbook.on.event == "manual" and lp.playbook.name.startswith(f"manual-{kind}")
+        ]
+        if not matching:
+            raise CommandError(f"no playbook with on.event manual named manual-{kind}* is loaded", 404)
+        event = {
+            "type": "manual",
+            "command": kind,
+            "cluster": cluster,
+            "actor": caller.actor,
+            "ts": rfc3339(time.time()),
+            "id": f"cmd-{int(time.time() * 1000)}",
+        }
+        ids = [
+            await self.runner.submit(lp, event, force=bool(args.get("force")), actor=caller.actor)
+            for lp in matching
+        ]
+        return {"runs": [i for i in ids if i]}
+
+    async def _failover(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return await self._manual(caller, args, "drain")
+
+    async def _failback(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return await self._manual(caller, args, "restore")
+
+    async def _pause(self, caller: Caller, args: dict[str, Any]) -> Any:
+        until = None
+        if args.get("for"):
+            try:
+                until = time.time() + parse_duration(args["for"])
+            except ValueError as e:
+                raise CommandError(str(e)) from None
+        key = "pause"
+        if args.get("cluster"):
+            key = f"pause.cluster.{self._cluster_arg(args)}"
+        await self.store.put(key, {"by": caller.actor, "at": time.time(), "until": until})
+        return {"paused": key, "until": rfc3339(until) if until else None}
+
+    async def _resume(self, caller: Caller, args: dict[str, Any]) -> Any:
+        key = "pause"
+        if args.get("cluster"):
+            key = f"pause.cluster.{self._cluster_arg(args)}"
+        await Bus.kv_delete(self.bus.kv.state, key)
+        if key == "pause":
+            await self.resume_detector(caller.actor)  # also lifts an observer-guard freeze
+        return {"resumed": key}
+
+    async def _decide(self, caller: Caller, args: dict[str, Any], approved: bool) -> Any:
+        run_id = str(args.get("run") or args.get("id") or "")
+        problem = self.approvals.decide(run_id, approved, caller.actor, caller.role)
+        if problem:
+            raise CommandError(problem, 409)
+        return {"run": run_id, "approved": approved, "by": caller.actor}
+
+    async def _approve(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return await self._decide(caller, args, True)
+
+    async def _deny(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return await self._decide(caller, args, False)

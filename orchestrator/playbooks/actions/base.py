@@ -1,0 +1,146 @@
+"""The shape every playbook action shares, and what actions may touch.
+
+An action declares its parameters (a pydantic model: `failover validate` checks names statically, each
+run checks rendered values), whether it is idempotent (a non-idempotent step that was in flight when
+the daemon died is never repeated blindly), which parameters name a balancer, notifier or cluster, and
+implements:
+- `before`: read the value the effect will replace; journalled before the effect, reused on resume;
+- `run`: the effect, as absolute targets;
+- `verify`: read back and compare (a mismatch is retried);
+- `describe`: the exact change in words, from read-only calls (`failover plan`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.actuators.lb import BalancerActuator
+from orchestrator.config import Config
+from orchestrator.errors import OrchestratorError, PermanentError
+from orchestrator.notifiers import Notifier
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Preempted(OrchestratorError):
+    """A more urgent run for the same key asked this one to stop at its next journalled point."""
+
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+@dataclass
+class Services:
+    """What actions may touch; built once by the runtime and shared by every run."""
+
+    config: Config
+    balancers: dict[str, BalancerActuator]
+    notifiers: dict[str, Notifier]
+    cluster_states: Callable[[], Mapping[str, str]]
+    http: aiohttp.ClientSession | None = None
+    publish: Publish | None = None
+    approvals: Any = None
+    """An ApprovalBook (runtime): approve/deny decisions arriving by command."""
+    dry_run: bool = False
+
+
+@dataclass
+class StepContext:
+    services: Services
+    run_id: str
+    playbook: str
+    step: str
+    event: Mapping[str, Any]
+    journal: dict[str, Any] = field(default_factory=dict)
+    """This step's (or item's) journal entry; survives a resume."""
+    min_healthy_clusters: int = 1
+    force: bool = False
+    checkpoint: Callable[[], Awaitable[None]] | None = None
+    """Persist the journal now (progress inside a step, e.g. each ramp step)."""
+    preempt: asyncio.Event = field(default_factory=asyncio.Event)
+    template_context: Callable[[], dict[str, Any]] | None = None
+    """A fresh template context (cluster states now), for actions that poll."""
+
+    @property
+    def before(self) -> Any:
+        return self.journal.get("before")
+
+    def balancer(self, name: str) -> BalancerActuator:
+        try:
+            return self.services.balancers[name]
+        except KeyError:
+            raise PermanentError(f"unknown balancer {name!r}") from None
+
+    def notifier(self, name: str) -> Notifier:
+        try:
+            return self.services.notifiers[name]
+        except KeyError:
+            raise PermanentError(f"unknown notifier {name!r}") from None
+
+    async def save(self) -> None:
+        if self.checkpoint is not None:
+            await self.checkpoint()
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep to an absolute time; a preemption ends the sleep at once (it is a journalled point)."""
+        if self.preempt.is_set():
+            raise Preempted(f"preempted before {self.step}")
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            return
+        try:
+            await asyncio.wait_for(self.preempt.wait(), timeout=remaining)
+        except TimeoutError:
+            return
+        raise Preempted(f"preempted during {self.step}")
+
+    def deadline(self, key: str, seconds: float) -> float:
+        """An absolute deadline, journalled the first time so a resumed step keeps the same one."""
+        if key not in self.journal:
+            self.journal[key] = time.time() + seconds
+        return float(self.journal[key])
+
+
+class Action(ABC):
+    name: ClassVar[str]
+    params: ClassVar[type[Params]]
+    idempotent: ClassVar[bool] = True
+    refs: ClassVar[dict[str, Literal["balancer", "notifier", "cluster"]]] = {}
+
+    def default_timeout_s(self, params: Any) -> float:
+        """Used when a step sets no `timeout`: every step runs under one."""
+        return 60.0
+
+    async def before(self, ctx: StepContext, params: Any) -> Any:
+        """Read the value the effect will replace (None when there is none)."""
+        return None
+
+    @abstractmethod
+    async def run(self, ctx: StepContext, params: Any) -> dict[str, Any]:
+        """Perform the effect; return a JSON-able result (available to later steps as `steps.<id>`)."""
+
+    async def verify(self, ctx: StepContext, params: Any, result: dict[str, Any]) -> str | None:
+        """Read back; None when the world is as intended, else what differs."""
+        return None
+
+    async def describe(self, ctx: StepContext, params: Any) -> list[str]:
+        """The exact change, in words, using read-only calls only."""
+        return [f"{self.name} {params.model_dump(mode='json', by_alias=True)}"]
+
+
+REGISTRY: dict[str, Action] = {}
+
+
+def register(cls: type[Action]) -> type[Action]:
+    REGISTRY[cls.name] = cls()
+    return cls

@@ -1,0 +1,114 @@
+"""Flow actions: `sleep`, `wait_for` and `approval`. All keep absolute deadlines in the journal, so a
+resumed run waits until the same moment, not for the whole duration again."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import Field
+
+from orchestrator.config import Seconds
+from orchestrator.errors import PermanentError
+from orchestrator.playbooks import templates
+from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
+from orchestrator.playbooks.plan import truthy
+
+
+class SleepParams(Params):
+    duration_s: Seconds = Field(alias="duration", ge=0)
+
+
+@register
+class Sleep(Action):
+    name = "sleep"
+    params = SleepParams
+
+    def default_timeout_s(self, params: SleepParams) -> float:
+        return params.duration_s + 30.0
+
+    async def run(self, ctx: StepContext, params: SleepParams) -> dict[str, Any]:
+        until = ctx.deadline("until", params.duration_s)
+        await ctx.save()
+        await ctx.sleep_until(until)
+        return {"slept_until": until}
+
+    async def describe(self, ctx: StepContext, params: SleepParams) -> list[str]:
+        return [f"sleep {params.duration_s:g}s"]
+
+
+class WaitForParams(Params):
+    expression: str
+    poll_s: Seconds = Field(default=2.0, alias="poll", gt=0)
+    timeout_s: Seconds = Field(default=300.0, alias="timeout", gt=0)
+
+
+@register
+class WaitFor(Action):
+    """Poll a template expression over fresh cluster states until it is true, or time out."""
+
+    name = "wait_for"
+    params = WaitForParams
+
+    def default_timeout_s(self, params: WaitForParams) -> float:
+        return params.timeout_s + 30.0
+
+    async def run(self, ctx: StepContext, params: WaitForParams) -> dict[str, Any]:
+        deadline = ctx.deadline("until", params.timeout_s)
+        await ctx.save()
+        polls = 0
+        while True:
+            polls += 1
+            context = ctx.template_context() if ctx.template_context else {}
+            try:
+                if truthy(templates.evaluate(params.expression, context)):
+                    return {"polls": polls, "met_at": time.time()}
+            except templates.TemplateError as e:
+                raise PermanentError(str(e)) from e
+            if time.time() >= deadline:
+                raise PermanentError(f"{params.expression!r} still false after {params.timeout_s:g}s")
+            await ctx.sleep_until(min(deadline, time.time() + params.poll_s))
+
+    async def describe(self, ctx: StepContext, params: WaitForParams) -> list[str]:
+        return [f"wait until {params.expression} (every {params.poll_s:g}s, at most {params.timeout_s:g}s)"]
+
+
+class ApprovalParams(Params):
+    approvers: list[str] = []
+    """Names of API tokens, or `role:operator` / `role:admin`; empty: any operator."""
+    timeout_s: Seconds = Field(default=900.0, alias="timeout", gt=0)
+    on_timeout: Literal["proceed", "abort"] = "abort"
+    summary: str = ""
+
+
+@register
+class Approval(Action):
+    """Wait for `approve RUN` / `deny RUN`; records who decided. Waiting again after a restart is safe."""
+
+    name = "approval"
+    params = ApprovalParams
+
+    def default_timeout_s(self, params: ApprovalParams) -> float:
+        return params.timeout_s + 30.0
+
+    async def run(self, ctx: StepContext, params: ApprovalParams) -> dict[str, Any]:
+        book = ctx.services.approvals
+        if book is None:
+            raise PermanentError("approvals are not available in this process")
+        deadline = ctx.deadline("until", params.timeout_s)
+        ctx.journal["waiting_approval"] = True
+        await ctx.save()
+        decision = await book.wait(ctx.run_id, tuple(params.approvers), deadline)
+        ctx.journal.pop("waiting_approval", None)
+        if decision is None:
+            if params.on_timeout == "proceed":
+                return {"approved": None, "timed_out": True, "proceeded": True}
+            raise PermanentError(f"no approval within {params.timeout_s:g}s (on_timeout: abort)")
+        result = {"approved": decision.approved, "by": decision.actor, "at": decision.at}
+        if not decision.approved:
+            raise PermanentError(f"denied by {decision.actor}")
+        return result
+
+    async def describe(self, ctx: StepContext, params: ApprovalParams) -> list[str]:
+        who = ", ".join(params.approvers) or "any operator"
+        return [f"wait for approval by {who} (at most {params.timeout_s:g}s, then {params.on_timeout})"]

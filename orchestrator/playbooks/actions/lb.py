@@ -1,0 +1,206 @@
+"""Load-balancer actions: `lb.drain`, `lb.restore` (optionally ramped), `lb.set_weights`.
+
+All go through the balancer's actuator, which holds the per-balancer lock and enforces
+`min_healthy_clusters` on the resulting weights. Values are absolute; the value a step replaces is read
+(`before`) and journalled before the effect.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from orchestrator.config import Seconds
+from orchestrator.errors import PermanentError
+from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
+
+
+class DrainParams(Params):
+    balancer: str
+    cluster: str
+
+
+@register
+class LbDrain(Action):
+    """Weight 0 for one cluster in one balancer; the original weight is recorded first."""
+
+    name = "lb.drain"
+    params = DrainParams
+    refs = {"balancer": "balancer", "cluster": "cluster"}
+
+    async def before(self, ctx: StepContext, params: DrainParams) -> Any:
+        return (await ctx.balancer(params.balancer).get_weights())[params.cluster]
+
+    async def run(self, ctx: StepContext, params: DrainParams) -> dict[str, Any]:
+        change = await ctx.balancer(params.balancer).drain(
+            params.cluster, ctx.min_healthy_clusters, ctx.force
+        )
+        before = ctx.before if ctx.before is not None else change.before
+        return {
+            "balancer": change.balancer,
+            "cluster": change.cluster,
+            "before": before,
+            "after": 0,
+            "change": f"{change.balancer}/{change.cluster} weight {before} -> 0",
+        }
+
+    async def verify(self, ctx: StepContext, params: DrainParams, result: dict[str, Any]) -> str | None:
+        weight = (await ctx.balancer(params.balancer).get_weights())[params.cluster]
+        return None if weight == 0 else f"{params.balancer}/{params.cluster} weight is {weight}, expected 0"
+
+    async def describe(self, ctx: StepContext, params: DrainParams) -> list[str]:
+        actuator = ctx.balancer(params.balancer)
+        current = await actuator.get_weights()
+        line = f"{params.balancer}/{params.cluster} weight {current[params.cluster]} -> 0"
+        refusal = actuator.refusal(current, {params.cluster: 0}, ctx.min_healthy_clusters)
+        return [f"{line}  REFUSED: {refusal}" if refusal and current[params.cluster] else line]
+
+
+class RestoreParams(Params):
+    balancer: str
+    cluster: str
+    ramp: list[int] = Field(default=[100], min_length=1)
+    """Percentages of the original weight, applied in order; must end at 100."""
+    interval_s: Seconds = Field(default=10.0, alias="interval", ge=0)
+
+    @model_validator(mode="after")
+    def _ramp(self) -> RestoreParams:
+        if self.ramp[-1] != 100 or any(not 0 < p <= 100 for p in self.ramp) or self.ramp != sorted(self.ramp):
+            raise ValueError("ramp must be increasing percentages in (0, 100] ending at 100")
+        return self
+
+
+def ramp_weights(target: int, ramp: list[int]) -> list[int]:
+    return [max(1, round(target * percent / 100)) if target else 0 for percent in ramp]
+
+
+@register
+class LbRestore(Action):
+    """Put back the recorded weight (optionally ramped), only where the current value is still ours.
+
+    Each ramp step is a journalled point: progress is saved, and a preemption (the cluster failed
+    again) stops the ramp at once so the drain can run.
+    """
+
+    name = "lb.restore"
+    params = RestoreParams
+    refs = {"balancer": "balancer", "cluster": "cluster"}
+
+    def default_timeout_s(self, params: RestoreParams) -> float:
+        return 60.0 + params.interval_s * (len(params.ramp) - 1)
+
+    async def before(self, ctx: StepContext, params: RestoreParams) -> Any:
+        return (await ctx.balancer(params.balancer).get_weights())[params.cluster]
+
+    async def run(self, ctx: StepContext, params: RestoreParams) -> dict[str, Any]:
+        actuator = ctx.balancer(params.balancer)
+        if "target" not in ctx.journal:
+            ctx.journal["target"] = await actuator.target_weight(params.cluster)
+            await ctx.save()
+        target = int(ctx.journal["target"])
+        steps = ramp_weights(target, params.ramp)
+        done = int(ctx.journal.get("ramp_done", 0))
+        expect = int(ctx.journal.get("last_set", ctx.before if ctx.before is not None else 0))
+        changes: list[str] = list(ctx.journal.get("changes", []))
+        for i in range(done, len(steps)):
+            if i:
+                at = ctx.journal.setdefault("next_at", time.time() + params.interval_s)
+                await ctx.sleep_until(float(at))
+            change = await actuator.set_weight(
+                params.cluster, steps[i], expect=expect, min_healthy=ctx.min_healthy_clusters, force=ctx.force
+            )
+            changes.append(change.describe())
+            if change.drift:
+                return {
+                    "balancer": actuator.name,
+                    "cluster": params.cluster,
+                    "drift": change.drift,
+                    "changes": changes,
+                    "restored": False,
+                }
+            expect = steps[i]
+            ctx.journal.update(last_set=steps[i], ramp_done=i + 1, changes=changes)
+            ctx.journal.pop("next_at", None)
+            await ctx.save()
+        await actuator.finish_restore(params.cluster)
+        return {
+            "balancer": actuator.name,
+            "cluster": params.cluster,
+            "after": target,
+            "changes": changes,
+            "restored": True,
+        }
+
+    async def verify(self, ctx: StepContext, params: RestoreParams, result: dict[str, Any]) -> str | None:
+        if not result.get("restored"):
+            return None  # drift was reported: the human's value stands
+        weight = (await ctx.balancer(params.balancer).get_weights())[params.cluster]
+        target = int(result["after"])
+        return (
+            None
+            if weight == target
+            else f"{params.balancer}/{params.cluster} weight is {weight}, expected {target}"
+        )
+
+    async def describe(self, ctx: StepContext, params: RestoreParams) -> list[str]:
+        actuator = ctx.balancer(params.balancer)
+        current = (await actuator.get_weights())[params.cluster]
+        target = await actuator.target_weight(params.cluster)
+        lines, previous = [], current
+        for weight in ramp_weights(target, params.ramp):
+            lines.append(f"{params.balancer}/{params.cluster} weight {previous} -> {weight}")
+            previous = weight
+        if len(lines) > 1:
+            lines.append(f"(ramped, {params.interval_s:g}s between steps)")
+        if current != 0:
+            lines.append(
+                f"note: current weight is {current}, not the 0 we set: the restore would report drift"
+            )
+        return lines
+
+
+class SetWeightsParams(Params):
+    balancer: str
+    weights: dict[str, int] = Field(min_length=1)
+    """cluster -> absolute native weight."""
+
+
+@register
+class LbSetWeights(Action):
+    """Absolute weights for several clusters at once; the guard sees the whole resulting vector."""
+
+    name = "lb.set_weights"
+    params = SetWeightsParams
+    refs = {"balancer": "balancer"}
+
+    async def before(self, ctx: StepContext, params: SetWeightsParams) -> Any:
+        current = await ctx.balancer(params.balancer).get_weights()
+        missing = sorted(set(params.weights) - set(current))
+        if missing:
+            raise PermanentError(f"balancer {params.balancer} has no member for {', '.join(missing)}")
+        return {c: current[c] for c in params.weights}
+
+    async def run(self, ctx: StepContext, params: SetWeightsParams) -> dict[str, Any]:
+        changes = await ctx.balancer(params.balancer).set_weights(
+            params.weights, min_healthy=ctx.min_healthy_clusters, force=ctx.force
+        )
+        return {
+            "balancer": params.balancer,
+            "before": ctx.before,
+            "after": dict(params.weights),
+            "changes": [c.describe() for c in changes],
+        }
+
+    async def verify(self, ctx: StepContext, params: SetWeightsParams, result: dict[str, Any]) -> str | None:
+        current = await ctx.balancer(params.balancer).get_weights()
+        wrong = {c: current[c] for c, w in params.weights.items() if current[c] != w}
+        return None if not wrong else f"{params.balancer}: weights {wrong} differ from {params.weights}"
+
+    async def describe(self, ctx: StepContext, params: SetWeightsParams) -> list[str]:
+        actuator = ctx.balancer(params.balancer)
+        current = await actuator.get_weights()
+        lines = [f"{params.balancer}/{c} weight {current.get(c)} -> {w}" for c, w in params.weights.items()]
+        refusal = actuator.refusal(current, params.weights, ctx.min_healthy_clusters)
+        return [*lines, f"REFUSED: {refusal}"] if refusal else lines

@@ -1,0 +1,74 @@
+"""The run journal: KV `failover-runs`, key `run.<id>`, written with compare-and-set at every step
+transition, and run events on `failover.runs.<id>` (DESIGN §5, §6b).
+
+A lost compare-and-set means another process wrote this run since we last did (a new leader resumed
+it): this process must stop acting on it, so the conflict surfaces as `Fenced`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from orchestrator import subjects
+from orchestrator.bus import Bus, ConflictError
+from orchestrator.errors import PermanentError
+from orchestrator.models import RunEvent
+
+UNFINISHED = ("running", "delayed")
+
+
+class Fenced(PermanentError):
+    """Someone else owns this run now; stop without touching anything."""
+
+
+class Journal(Protocol):
+    async def save(self, record: dict[str, Any]) -> None: ...
+
+    async def emit(self, event: RunEvent) -> None: ...
+
+    async def unfinished(self) -> list[dict[str, Any]]: ...
+
+    async def load(self, run_id: str) -> dict[str, Any] | None: ...
+
+
+class BusJournal:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._revisions: dict[str, int] = {}
+
+    async def save(self, record: dict[str, Any]) -> None:
+        run_id = str(record["id"])
+        try:
+            self._revisions[run_id] = await Bus.kv_cas(
+                self.bus.kv.runs, f"run.{run_id}", record, self._revisions.get(run_id)
+            )
+        except ConflictError as e:
+            raise Fenced(f"run {run_id}: {e}") from e
+        if record.get("status") not in UNFINISHED:
+            self._revisions.pop(run_id, None)
+
+    async def emit(self, event: RunEvent) -> None:
+        await self.bus.publish_durable(subjects.runs(event.run_id), event.to_json())
+
+    async def load(self, run_id: str) -> dict[str, Any] | None:
+        found = await Bus.kv_get(self.bus.kv.runs, f"run.{run_id}")
+        if found is None:
+            return None
+        record, revision = found
+        self._revisions[run_id] = revision
+        return dict(record)
+
+    async def unfinished(self) -> list[dict[str, Any]]:
+        """Runs a previous process left unfinished; adopting them (with their revision) for resume."""
+        out = []
+        for key in sorted(await Bus.kv_items(self.bus.kv.runs, "run.")):
+            record = await self.load(key.removeprefix("run."))
+            if record is not None and record.get("status") in UNFINISHED:
+                out.append(record)
+            elif record is not None:
+                self._revisions.pop(str(record["id"]), None)
+        return sorted(out, key=lambda r: str(r.get("created_at", "")))
+
+    async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        records = list((await Bus.kv_items(self.bus.kv.runs, "run.")).values())
+        return sorted(records, key=lambda r: str(r.get("created_at", "")), reverse=True)[:limit]
