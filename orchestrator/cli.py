@@ -119,6 +119,27 @@ def probe(
 
 
 @app.command()
+def plan(
+    config: ConfigOpt,
+    playbook: Annotated[str, typer.Option("--playbook", help="Playbook name.")],
+    cluster: Annotated[str, typer.Option("--cluster", help="The event's cluster.")],
+    event: Annotated[
+        str, typer.Option("--event", help="cluster.failed | cluster.degraded | cluster.recovered | manual")
+    ] = "cluster.failed",
+) -> None:
+    """Dry-run: print the steps, rendered parameters and exact changes; touch nothing."""
+    from orchestrator.dryrun import plan as dry_run
+
+    cfg = _load(config)
+    try:
+        asyncio.run(dry_run(cfg, playbook, event, cluster, out=typer.echo))
+    except ValidationFailed as e:
+        raise _fail(str(e)) from None
+    except OrchestratorError as e:
+        raise _fail(f"error: {e}") from None
+
+
+@app.command()
 def demo(
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where to keep demo state.")] = None,
     recovery_hold: Annotated[str, typer.Option("--recovery-hold", help="Hold before failback.")] = "10s",

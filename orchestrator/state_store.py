@@ -35,3 +35,30 @@ class StateStore:
 
     async def put(self, key: str, value: Any) -> None:
         await Bus.kv_put(self._kv, key, value)
+
+
+class MemoryStateStore(StateStore):
+    """The same interface over a dict: for `failover plan` without a NATS to read from."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    async def record_original_lb(self, balancer: str, cluster: str, weight: int) -> bool:
+        key = f"orig.lb.{balancer}.{cluster}"
+        if key in self.data:
+            return False
+        self.data[key] = {"weight": weight}
+        return True
+
+    async def original_lb(self, balancer: str, cluster: str) -> int | None:
+        found = self.data.get(f"orig.lb.{balancer}.{cluster}")
+        return int(found["weight"]) if found else None
+
+    async def forget_original_lb(self, balancer: str, cluster: str) -> None:
+        self.data.pop(f"orig.lb.{balancer}.{cluster}", None)
+
+    async def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    async def put(self, key: str, value: Any) -> None:
+        self.data[key] = value

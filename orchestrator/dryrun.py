@@ -1,0 +1,191 @@
+"""`failover plan`: render a playbook for an event and print the exact changes, touching nothing.
+
+It reads current weights from the balancers (read-only runtime-API calls), and the recorded originals
+from NATS KV when `nats.url` is configured, renders the plan the way a run would, and asks each action to
+describe its effect (`global/us-east weight 100 -> 0`). Nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestrator.actuators.lb import BalancerActuator
+from orchestrator.actuators.registry import build_balancer
+from orchestrator.bus import Bus
+from orchestrator.config import Config
+from orchestrator.durations import format_duration
+from orchestrator.errors import OrchestratorError, PermanentError
+from orchestrator.models import rfc3339, utc_now
+from orchestrator.playbooks import templates
+from orchestrator.playbooks.actions import REGISTRY, Services, StepContext
+from orchestrator.playbooks.loader import load_playbooks
+from orchestrator.playbooks.plan import is_late, render_early, render_plan
+from orchestrator.state_store import MemoryStateStore, StateStore
+
+STATE_AFTER = {
+    "cluster.failed": "failed",
+    "cluster.degraded": "degraded",
+    "cluster.recovered": "healthy",
+    "cluster.unknown": "unknown",
+    "manual": "healthy",
+}
+
+
+async def plan(config: Config, playbook_name: str, event_type: str, cluster: str, out: Any = print) -> None:
+    playbooks = load_playbooks(config.playbook_paths(), config)
+    if playbook_name not in playbooks:
+        raise PermanentError(f"no playbook {playbook_name!r} (loaded: {', '.join(sorted(playbooks))})")
+    if cluster not in {c.name for c in config.clusters}:
+        raise PermanentError(f"unknown cluster {cluster!r}")
+    loaded = playbooks[playbook_name]
+    pb = loaded.playbook
+    states = {c.name: "healthy" for c in config.clusters}
+    states[cluster] = STATE_AFTER.get(event_type, "healthy")
+    clusters = [
+        {"name": c.name, "state": states[c.name], "labels": dict(c.labels), "weight": c.weight}
+        for c in config.clusters
+    ]
+    event: dict[str, Any] = {
+        "type": event_type,
+        "cluster": cluster,
+        "from": "failed" if event_type == "cluster.recovered" else "healthy",
+        "to": states[cluster],
+        "reason": "dry-run",
+        "evidence": {},
+        "id": "dry-run",
+        "ts": rfc3339(utc_now()),
+    }
+    bus: Bus | None = None
+    store: StateStore = MemoryStateStore()
+    notes = []
+    if config.nats.url:
+        try:
+            bus = await Bus.connect(config.nats, config.state_path, name="failover-plan")
+            await bus.ensure_topology()
+            store = StateStore(bus)
+        except OrchestratorError as e:
+            notes.append(f"note: NATS not reachable ({e}); recorded original weights are not known")
+    else:
+        notes.append("note: no nats.url configured; restores show nominal weights, not recorded originals")
+    try:
+        balancers = {
+            lb.name: BalancerActuator(
+                build_balancer(lb), {c.name: c.weight for c in config.clusters}, lambda: states, store
+            )
+            for lb in config.load_balancers
+        }
+        services = Services(
+            config,
+            balancers,
+            {n.name: _NoNotifier(n.name) for n in config.notifiers},  # type: ignore[misc]
+            lambda: states,
+            dry_run=True,
+        )
+        rendered = render_plan(pb, event, clusters)
+        out(f"plan: {pb.name} (sha256 {loaded.sha256[:12]}) for {event_type} on {cluster}")
+        guards = pb.guards
+        parts = [f"min_healthy_clusters {guards.min_healthy_clusters}"]
+        if guards.cooldown_s:
+            parts.append(f"cooldown {format_duration(guards.cooldown_s)}")
+        if guards.budget:
+            parts.append(f"budget {guards.budget.runs} per {format_duration(guards.budget.per_s)}")
+        out(f"guards: {', '.join(parts)}")
+        for name, value in rendered["vars"].items():
+            out(f"vars: {name} = {json.dumps(value)}")
+        await _steps(rendered["steps"], event, rendered, services, guards.min_healthy_clusters, out)
+        if rendered["on_failure"]:
+            out("on_failure (only if a step fails):")
+            await _steps(
+                rendered["on_failure"],
+                event,
+                rendered,
+                services,
+                guards.min_healthy_clusters,
+                out,
+                placeholders={"failed_step": "<failed step>", "error": "<its error>"},
+            )
+        for note in notes:
+            out(note)
+        out("nothing was changed (dry-run)")
+    finally:
+        for actuator in balancers.values():
+            with contextlib.suppress(Exception):
+                await actuator.balancer.close()
+        if bus is not None:
+            await bus.close()
+
+
+async def _steps(
+    steps: list[dict[str, Any]],
+    event: dict[str, Any],
+    rendered: dict[str, Any],
+    services: Services,
+    min_healthy: int,
+    out: Any,
+    placeholders: dict[str, Any] | None = None,
+) -> None:
+    context = {
+        "event": event,
+        "clusters": rendered["clusters"],
+        **rendered["vars"],
+        "vars": rendered["vars"],
+        **(placeholders or {}),
+    }
+    for n, step in enumerate(steps, 1):
+        action = REGISTRY[step["action"]]
+        extra = []
+        if step.get("timeout_s"):
+            extra.append(f"timeout {format_duration(step['timeout_s'])}")
+        if step.get("retry"):
+            extra.append(f"retry {step['retry']['attempts']}")
+        if not action.idempotent:
+            extra.append("not idempotent")
+        out(f"  {n}. {step['id']}: {step['action']}" + (f"  ({', '.join(extra)})" if extra else ""))
+        when = step.get("when")
+        if when is False:
+            out("       skipped: `when` is false")
+            continue
+        if isinstance(when, str):
+            out(f"       only if {when} (decided at step start)")
+        items = step.get("for_each")
+        if isinstance(items, str):
+            out(f"       for each item of {items} (decided at step start)")
+            items = None
+        for item in items if items is not None else [None]:
+            item_context = {**context, "item": item} if item is not None else context
+            try:  # fully, when the late names are known here (on_failure's placeholders)
+                raw = templates.render(step["with"], item_context)
+            except templates.TemplateError:
+                raw = render_early(step["with"], item_context)
+            shown = json.dumps(raw)
+            out(
+                f"       with {shown}"
+                + ("  (templates on earlier steps render at step start)" if is_late(step["with"]) else "")
+            )
+            try:
+                params = action.params.model_validate(raw)
+            except ValidationError:
+                out("       (parameters depend on earlier steps: exact change known at step start)")
+                continue
+            except templates.TemplateError as e:
+                out(f"       cannot render: {e}")
+                continue
+            ctx = StepContext(
+                services, "dry-run", "dry-run", str(step["id"]), event, min_healthy_clusters=min_healthy
+            )
+            try:
+                for line in await action.describe(ctx, params):
+                    out(f"       -> {line}")
+            except OrchestratorError as e:
+                out(f"       -> cannot read current state: {e}")
+
+
+class _NoNotifier:
+    """Stands in for a notifier in a dry-run: it exists (so references resolve) and sends nothing."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
