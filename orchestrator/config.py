@@ -372,7 +372,7 @@ class Config(Model):
 # rather than accepted and failing at the first failover.
 IMPLEMENTED_LB_DRIVERS = {"haproxy"}
 IMPLEMENTED_NOTIFIERS = {"webhook", "slack"}
-IMPLEMENTED_PROBES = {"http", "tcp"}
+IMPLEMENTED_PROBES = {"http", "tcp", "kube_api", "kube_workload"}
 
 
 def _cross_checks(source: Source, config: Config) -> list[Problem]:

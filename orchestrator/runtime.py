@@ -156,7 +156,7 @@ class Daemon:
                 log.info("runs.resumed", runs=resumed)
             tasks.append(create_guarded_task(self._watch_playbooks(stop), "playbook-watcher", stop))
             if self.run_probes:
-                prober = Prober(config, bus.publish)
+                prober = Prober(config, bus.publish, baseline=store.original_scale)
                 tasks.append(create_guarded_task(prober.run(stop), "prober", stop))
             self.metrics.up.set(1)
             self.ready.set()

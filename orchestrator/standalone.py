@@ -12,6 +12,7 @@ from orchestrator.bus import Bus
 from orchestrator.config import Config
 from orchestrator.errors import PermanentError
 from orchestrator.probes.prober import Prober
+from orchestrator.state_store import StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -26,6 +27,7 @@ async def run_prober(config: Config, vantage: str | None) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        await Prober(config, bus.publish, vantage=vantage).run(stop)
+        await bus.ensure_topology()  # idempotent; the KV holds the scale baselines kube_workload needs
+        await Prober(config, bus.publish, vantage=vantage, baseline=StateStore(bus).original_scale).run(stop)
     finally:
         await bus.close()

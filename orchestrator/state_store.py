@@ -29,6 +29,11 @@ class StateStore:
     async def forget_original_lb(self, balancer: str, cluster: str) -> None:
         await Bus.kv_delete(self._kv, f"orig.lb.{balancer}.{cluster}")
 
+    async def original_scale(self, cluster: str, namespace: str, kind: str, name: str) -> int | None:
+        """Replicas recorded before our first scale-out (`orig.scale.<c>.<ns>.<kind>.<name>`)."""
+        found = await Bus.kv_get(self._kv, f"orig.scale.{cluster}.{namespace}.{kind.lower()}.{name}")
+        return int(found[0]["replicas"]) if found else None
+
     async def get(self, key: str) -> Any:
         found = await Bus.kv_get(self._kv, key)
         return found[0] if found else None

@@ -20,10 +20,13 @@ import structlog
 
 from orchestrator import subjects
 from orchestrator.config import ClusterConfig, Config, ProbeConfig
+from orchestrator.durations import format_duration
 from orchestrator.errors import PermanentError
+from orchestrator.kube import KubeClients
 from orchestrator.models import HealthReport, utc_now
 from orchestrator.probes.base import ProbeResult
 from orchestrator.probes.checks import check_http, check_tcp
+from orchestrator.probes.kubeprobes import Baseline, check_kube_api, check_kube_workload
 
 log = structlog.get_logger(__name__)
 
@@ -37,24 +40,27 @@ class Prober:
         publish: Publish,
         vantage: str | None = None,
         should_publish: Callable[[], bool] = lambda: True,
+        baseline: Baseline | None = None,
     ) -> None:
         self.config = config
         self.publish = publish
         self.vantage = vantage or config.probing.vantage
         self.boot_id = uuid.uuid4().hex[:12]
         self.should_publish = should_publish
+        """The daemon's in-process prober publishes only while its daemon leads."""
+        self.baseline = baseline
         self.seq = 0
         self.rounds = 0
         self._sem = asyncio.Semaphore(config.probing.concurrency)
         for cluster in config.clusters:
             for probe in cluster.probes:
-                if probe.kind not in ("http", "tcp"):
+                if probe.kind.startswith("kube") and cluster.kubernetes is None:
                     # refuse up front: a probe we cannot run must never report a failure
                     raise PermanentError(
-                        f"{cluster.name}/{probe.name}: probe kind {probe.kind!r} "
-                        "is not available in this version"
+                        f"{cluster.name}/{probe.name}: {probe.kind} needs the cluster's 'kubernetes:' section"
                     )
         self._session: aiohttp.ClientSession | None = None
+        self._kube: KubeClients | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         interval = self.config.probing.interval_s
@@ -62,7 +68,8 @@ class Prober:
             limit=self.config.probing.concurrency, force_close=True, enable_cleanup_closed=True
         )
         log.info("prober.started", vantage=self.vantage, boot_id=self.boot_id, interval_s=interval)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        self._kube = KubeClients(timeout_s=self.config.probing.timeout_s)
+        async with aiohttp.ClientSession(connector=connector) as session, self._kube:
             self._session = session
             next_round = time.monotonic()
             while not stop.is_set():
@@ -75,6 +82,7 @@ class Prober:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=next_round - now)
         self._session = None
+        self._kube = None
 
     async def round(self) -> None:
         self.rounds += 1
@@ -90,7 +98,7 @@ class Prober:
         if jitter:
             await asyncio.sleep(random.uniform(0, jitter))
         async with self._sem:
-            result = await self.check(probe)
+            result = await self.check(cluster, probe)
         self.seq += 1
         report = HealthReport(
             cluster=cluster.name,
@@ -108,11 +116,21 @@ class Prober:
         except Exception as e:  # the bus is down: the next round tries again
             log.warning("prober.publish_failed", cluster=cluster.name, probe=probe.name, error=str(e))
 
-    async def check(self, probe: ProbeConfig) -> ProbeResult:
+    async def check(self, cluster: ClusterConfig, probe: ProbeConfig) -> ProbeResult:
+        """One probe, bounded by its timeout (the kube client's own timeouts sit inside it)."""
         timeout_s = probe.timeout_s or self.config.probing.timeout_s
         if probe.http is not None:
             assert self._session is not None
             return await check_http(self._session, probe.http, timeout_s)
         if probe.tcp is not None:
             return await check_tcp(probe.tcp, timeout_s)
-        raise PermanentError(f"probe kind {probe.kind!r} is not available in this version")
+        assert self._kube is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                if probe.kube_workload is not None:
+                    return await check_kube_workload(
+                        self._kube, cluster, probe.kube_workload, timeout_s, self.baseline
+                    )
+                return await check_kube_api(self._kube, cluster, timeout_s)
+        except TimeoutError:
+            return ProbeResult(False, timeout_s * 1000, f"timeout after {format_duration(timeout_s)}")
