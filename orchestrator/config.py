@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -26,7 +27,13 @@ from orchestrator.durations import parse_duration
 from orchestrator.errors import Problem, ValidationFailed
 from orchestrator.yamlsource import Source, load_yaml, validate_model
 
-Seconds = Annotated[float, BeforeValidator(parse_duration)]
+DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$", "examples": ["800ms", "5s", "10m"]},
+        {"type": "number", "minimum": 0, "description": "seconds"},
+    ]
+}
+Seconds = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_SCHEMA)]
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 

@@ -55,6 +55,9 @@ async def plan(config: Config, playbook_name: str, event_type: str, cluster: str
         "from": "failed" if event_type == "cluster.recovered" else "healthy",
         "to": states[cluster],
         "reason": "dry-run",
+        "detail": {"cluster": cluster, "clusters": [cluster]},  # the shape of system events' detail
+        "actor": "dry-run",  # manual events carry who asked, and whether they forced it
+        "force": False,
         "evidence": {},
         "id": "dry-run",
         "ts": rfc3339(utc_now()),
@@ -85,7 +88,10 @@ async def plan(config: Config, playbook_name: str, event_type: str, cluster: str
             lambda: states,
             dry_run=True,
         )
-        rendered = render_plan(pb, event, clusters)
+        try:
+            rendered = render_plan(pb, event, clusters)
+        except templates.TemplateError as e:
+            raise PermanentError(f"{pb.name}: the plan does not render for this event: {e}") from e
         out(f"plan: {pb.name} (sha256 {loaded.sha256[:12]}) for {event_type} on {cluster}")
         guards = pb.guards
         parts = [f"min_healthy_clusters {guards.min_healthy_clusters}"]

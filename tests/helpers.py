@@ -31,6 +31,7 @@ class HookReceiver:
     received: list[dict[str, Any]] = field(default_factory=list)
     rejected: int = 0
     status: int = 204
+    delay_s: float = 0.0
 
 
 @asynccontextmanager
@@ -42,6 +43,8 @@ async def hook_receiver(secret: str = HOOK_SECRET) -> AsyncIterator[HookReceiver
         if not signing.verify(secret, body, request.headers.get(signing.HEADER, "")):
             hook.rejected += 1
             return web.Response(status=401)
+        if hook.delay_s:
+            await asyncio.sleep(hook.delay_s)
         if hook.status < 300:
             hook.received.append(json.loads(body))
         return web.Response(status=hook.status)
@@ -112,9 +115,15 @@ def write_config(
     secret: str = HOOK_SECRET,
     playbooks: Path | None = None,
     api_port: int | None = None,
+    admin_url: str | None = None,
+    extra: str = "",
+    tokens: str = "[]",
 ) -> Path:
     """A config for the fleet; `probing`/`detection` None keeps the production defaults."""
-    lines = [f"state_dir: {work / 'state'}", f"api: {{listen: 127.0.0.1:{api_port or free_port()}}}"]
+    lines = [
+        f"state_dir: {work / 'state'}",
+        f"api: {{listen: 127.0.0.1:{api_port or free_port()}, tokens: {tokens}}}",
+    ]
     if nats_url:
         lines.append(f"nats: {{url: '{nats_url}'}}")
     if probing:
@@ -127,11 +136,13 @@ def write_config(
     members = ", ".join(f"{c}: {s}" for c, s in MEMBERS.items())
     lines += [
         "load_balancers:",
-        f"  - {{name: global, driver: haproxy, haproxy: {{admin: ['{f.haproxy.admin_url}'], backend: web}}, "
+        f"  - {{name: global, driver: haproxy, haproxy: {{admin: ['{admin_url or f.haproxy.admin_url}'], "
+        "backend: web}, "
         f"members: {{{members}}}}}",
         "notifiers:",
         f"  - {{name: oncall, driver: webhook, webhook: {{url: '{hook_url}', secret: '{secret}'}}}}",
         f"playbooks: {{paths: ['{playbooks or Path(__file__).resolve().parents[1] / 'playbooks'}']}}",
+        extra,
     ]
     path = work / "failover.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -148,3 +159,42 @@ async def wait_for(
             return time.monotonic() - start
         await asyncio.sleep(poll_s)
     raise AssertionError(f"{what} did not happen within {timeout_s}s")
+
+
+class AdminCounter:
+    """A proxy in front of HAProxy's runtime API that counts the commands sent through it, so a test
+    can prove how many changes HAProxy saw (one command per connection, as HAProxy expects)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.commands: list[str] = []
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def sets(self, server: str) -> list[str]:
+        return [c for c in self.commands if c.startswith("set weight") and f"/{server} " in c]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            self.commands.append(line.decode().strip())
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            up_writer.write(line)
+            await up_writer.drain()
+            writer.write(await up_reader.read())
+            up_writer.close()
+            await writer.drain()
+        finally:
+            writer.close()

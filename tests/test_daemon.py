@@ -310,3 +310,53 @@ def HOOK_SECRET_NOT_IN(text: str) -> bool:
     from tests.helpers import HOOK_SECRET
 
     return HOOK_SECRET not in text
+
+
+async def test_playbooks_hot_reload_and_an_invalid_set_is_refused_whole(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    books = tmp_path / "books"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "playbooks", books)
+    async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
+        path = write_config(tmp_path, f, hook.url, nats_url=nats_server.url, playbooks=books)
+        async with running(path) as daemon:
+            assert daemon.bus is not None and daemon.runner is not None
+            events = await collect(daemon.bus, subjects.SYSTEM_EVENTS)
+            before = daemon.runner.playbooks["cluster-failback"].sha256
+            failback = books / "cluster-failback.yaml"
+            failback.write_text(failback.read_text().replace("ramp: [25, 50, 100]", "ramp: [50, 100]"))
+
+            async def reloaded() -> bool:
+                return any(e["type"] == "playbooks.reloaded" for e in events)
+
+            await wait_for(reloaded, 10, "playbooks.reloaded")
+            good = daemon.runner.playbooks["cluster-failback"].sha256
+            assert good != before
+
+            (books / "broken.yaml").write_text(
+                "name: broken\non: {event: cluster.failed}\nsteps:\n  - {action: lb.dran, with: {}}\n"
+            )
+
+            async def rejected() -> bool:
+                return any(e["type"] == "playbooks.rejected" for e in events)
+
+            await wait_for(rejected, 10, "playbooks.rejected")
+            problems = next(e for e in events if e["type"] == "playbooks.rejected")["detail"]["problems"]
+            assert problems == [
+                f"{books}/broken.yaml:4: steps[0].action: unknown action 'lb.dran' (known: "
+                "approval, http, lb.drain, lb.restore, lb.set_weights, nats.publish, notify, sleep, "
+                "wait_for)"
+            ]
+            assert daemon.runner.playbooks["cluster-failback"].sha256 == good  # the last good set stays
+            assert "broken" not in daemon.runner.playbooks
+
+            (books / "broken.yaml").unlink()
+            count = len([e for e in events if e["type"] == "playbooks.reloaded"])
+            daemon.request_reload()  # what SIGHUP does
+
+            async def reloaded_again() -> bool:
+                return len([e for e in events if e["type"] == "playbooks.reloaded"]) > count
+
+            await wait_for(reloaded_again, 10, "reload on request")

@@ -118,3 +118,111 @@ def test_templates_native_values_and_strict_undefined() -> None:
 def test_templates_are_sandboxed() -> None:
     with pytest.raises(templates.TemplateError):
         templates.render("{{ ''.__class__.__mro__[1].__subclasses__() }}", {})
+
+
+def test_every_example_playbook_is_planned_without_touching_haproxy(
+    haproxy_binary: str, tmp_path: Path
+) -> None:
+    """Golden examples: `failover plan` runs for every playbook in playbooks/ against a real HAProxy."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from tests.helpers import fleet, write_config
+
+    events = {
+        "cluster.failed": "cluster.failed",
+        "cluster.recovered": "cluster.recovered",
+        "cluster.degraded": "cluster.degraded",
+        "manual": "manual",
+        "observer.suspect": "observer.suspect",
+        "cluster.flapping": "cluster.flapping",
+    }
+
+    async def scenario() -> dict[str, str]:
+        outputs = {}
+        async with fleet(tmp_path, haproxy_binary) as f:
+            config = write_config(tmp_path, f, "http://127.0.0.1:9/hook")
+            for item in load_playbooks([REPO / "playbooks"], None).values():
+                result = await asyncio.to_thread(
+                    subprocess.run,
+                    [
+                        sys.executable,
+                        "-m",
+                        "orchestrator",
+                        "plan",
+                        "--config",
+                        str(config),
+                        "--playbook",
+                        item.playbook.name,
+                        "--event",
+                        events[item.playbook.on.event],
+                        "--cluster",
+                        "us-east",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert result.returncode == 0, result.stderr
+                outputs[item.playbook.name] = result.stdout
+            assert await f.weights() == {"eu-west": 100, "us-east": 100, "ap-south": 100}
+        return outputs
+
+    outputs = asyncio.run(scenario())
+    assert "-> global/us-east weight 100 -> 0" in outputs["cluster-failover"]
+    assert (
+        "-> notify oncall (critical): us-east failed; traffic moved to eu-west, ap-south"
+        in outputs["cluster-failover"]
+    )
+    assert "-> global/us-east weight 100 -> 25" in outputs["cluster-failback"]
+    assert "-> wait for approval by role:operator" in outputs["manual-drain"]
+    assert all(o.rstrip().endswith("nothing was changed (dry-run)") for o in outputs.values())
+
+
+def test_plan_refuses_what_the_guard_would_refuse(haproxy_binary: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from orchestrator.config import load_config
+    from orchestrator.dryrun import plan
+    from tests.helpers import fleet, write_config
+
+    async def scenario() -> list[str]:
+        lines: list[str] = []
+        async with fleet(tmp_path, haproxy_binary) as f:
+            for cluster in ("eu-west", "ap-south"):
+                await f.haproxy.admin().set_weight("web", {"eu-west": "eu1", "ap-south": "ap1"}[cluster], 0)
+            config = load_config(write_config(tmp_path, f, "http://127.0.0.1:9/hook"))
+            await plan(config, "cluster-failover", "cluster.failed", "us-east", out=lines.append)
+            assert (await f.weights())["us-east"] == 100
+        return lines
+
+    lines = asyncio.run(scenario())
+    assert any("global/us-east weight 100 -> 0  REFUSED: balancer global" in line for line in lines), lines
+
+
+def test_the_shipped_json_schema_is_current_and_accepts_every_example() -> None:
+    import json
+
+    import jsonschema
+    import yaml
+
+    from orchestrator.playbooks import schema
+
+    assert schema.SHIPPED.read_text() == schema.render(), (
+        "stale: python -m orchestrator.playbooks.schema > orchestrator/playbooks/playbook.schema.json"
+    )
+    shipped = json.loads(schema.SHIPPED.read_text())
+    validator = jsonschema.Draft202012Validator(shipped)
+    for file in sorted((REPO / "playbooks").glob("*.yaml")):
+        data = yaml.safe_load(file.read_text())
+        data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as true
+        errors = list(validator.iter_errors(data))
+        assert not errors, f"{file.name}: {[e.message for e in errors]}"
+    bad = {
+        "name": "x",
+        "on": {"event": "cluster.failed"},
+        "steps": [{"action": "lb.drain", "with": {"balancr": "g"}}],
+    }
+    assert list(validator.iter_errors(bad))

@@ -44,8 +44,9 @@ class BusJournal:
             )
         except ConflictError as e:
             raise Fenced(f"run {run_id}: {e}") from e
-        if record.get("status") not in UNFINISHED:
-            self._revisions.pop(run_id, None)
+        if len(self._revisions) > 10_000:  # bounded: forget the oldest finished runs' revisions
+            for stale in list(self._revisions)[:1000]:
+                self._revisions.pop(stale, None)
 
     async def emit(self, event: RunEvent) -> None:
         await self.bus.publish_durable(subjects.runs(event.run_id), event.to_json())
@@ -65,8 +66,6 @@ class BusJournal:
             record = await self.load(key.removeprefix("run."))
             if record is not None and record.get("status") in UNFINISHED:
                 out.append(record)
-            elif record is not None:
-                self._revisions.pop(str(record["id"]), None)
         return sorted(out, key=lambda r: str(r.get("created_at", "")))
 
     async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
