@@ -209,6 +209,7 @@ class Commands:
             "command": kind,
             "cluster": cluster,
             "actor": caller.actor,
+            "force": bool(args.get("force")),  # --force (admin) skips the approval and overrides guards
             "ts": rfc3339(time.time()),
             "id": f"cmd-{int(time.time() * 1000)}",
         }
