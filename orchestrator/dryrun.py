@@ -15,15 +15,17 @@ from pydantic import ValidationError
 
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
+from orchestrator.actuators.scale import ScaleActuator
 from orchestrator.bus import Bus
 from orchestrator.config import Config
 from orchestrator.durations import format_duration
 from orchestrator.errors import OrchestratorError, PermanentError
+from orchestrator.kube import KubeClients
 from orchestrator.models import rfc3339, utc_now
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import REGISTRY, Services, StepContext
 from orchestrator.playbooks.loader import load_playbooks
-from orchestrator.playbooks.plan import is_late, render_early, render_plan
+from orchestrator.playbooks.plan import LATE_NAMES, is_late, render_early, render_plan
 from orchestrator.state_store import MemoryStateStore, StateStore
 
 STATE_AFTER = {
@@ -74,6 +76,8 @@ async def plan(config: Config, playbook_name: str, event_type: str, cluster: str
             notes.append(f"note: NATS not reachable ({e}); recorded original weights are not known")
     else:
         notes.append("note: no nats.url configured; restores show nominal weights, not recorded originals")
+    kube = KubeClients()
+    balancers: dict[str, BalancerActuator] = {}
     try:
         balancers = {
             lb.name: BalancerActuator(
@@ -81,12 +85,18 @@ async def plan(config: Config, playbook_name: str, event_type: str, cluster: str
             )
             for lb in config.load_balancers
         }
+        scale = (
+            ScaleActuator(kube, config, store, lambda: states)
+            if any(c.kubernetes for c in config.clusters)
+            else None
+        )
         services = Services(
             config,
             balancers,
             {n.name: _NoNotifier(n.name) for n in config.notifiers},  # type: ignore[misc]
             lambda: states,
             dry_run=True,
+            scale=scale,
         )
         try:
             rendered = render_plan(pb, event, clusters)
@@ -118,6 +128,7 @@ async def plan(config: Config, playbook_name: str, event_type: str, cluster: str
             out(note)
         out("nothing was changed (dry-run)")
     finally:
+        await kube.close()
         for actuator in balancers.values():
             with contextlib.suppress(Exception):
                 await actuator.balancer.close()
@@ -166,7 +177,7 @@ async def _steps(
             try:  # fully, when the late names are known here (on_failure's placeholders)
                 raw = templates.render(step["with"], item_context)
             except templates.TemplateError:
-                raw = render_early(step["with"], item_context)
+                raw = render_early(step["with"], item_context, LATE_NAMES)
             shown = json.dumps(raw)
             out(
                 f"       with {shown}"

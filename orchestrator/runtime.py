@@ -19,6 +19,7 @@ import structlog
 from orchestrator import subjects
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
+from orchestrator.actuators.scale import ScaleActuator
 from orchestrator.api import ApiServer, build_app
 from orchestrator.bus import Bus
 from orchestrator.commands import Commands
@@ -26,6 +27,7 @@ from orchestrator.config import Config
 from orchestrator.detection import DetectionService
 from orchestrator.detector import DetectorState
 from orchestrator.errors import OrchestratorError, ValidationFailed
+from orchestrator.kube import KubeClients
 from orchestrator.metrics import Metrics
 from orchestrator.models import RunEvent, SystemEvent
 from orchestrator.notifiers import build_notifier
@@ -71,6 +73,8 @@ class Daemon:
         self.journal: BusJournal | None = None
         self.approvals: ApprovalBook | None = None
         self.commands: Commands | None = None
+        self.kube: KubeClients | None = None
+        self.balancers: dict[str, BalancerActuator] = {}
         self.ready = asyncio.Event()
         self._reload_now = asyncio.Event()
 
@@ -106,12 +110,18 @@ class Daemon:
                     for c in config.clusters
                 ]
 
-            balancers = {
+            self.balancers = balancers = {
                 lb.name: BalancerActuator(build_balancer(lb), nominal, states, store)
                 for lb in config.load_balancers
             }
             notifiers = {n.name: build_notifier(n, session) for n in config.notifiers}
             self.approvals = ApprovalBook()
+            self.kube = KubeClients()
+            scale = (
+                ScaleActuator(self.kube, config, store, states)
+                if any(c.kubernetes for c in config.clusters)
+                else None
+            )
             services = Services(
                 config,
                 balancers,
@@ -120,6 +130,7 @@ class Daemon:
                 http=session,
                 publish=bus.publish,
                 approvals=self.approvals,
+                scale=scale,
             )
             self.journal = BusJournal(bus)
             self.runner = runner = Runner(
@@ -183,6 +194,11 @@ class Daemon:
         if self.api is not None:
             await self.api.stop()
         await session.close()
+        if self.kube is not None:
+            await self.kube.close()
+        for actuator in self.balancers.values():
+            with contextlib.suppress(Exception):
+                await actuator.balancer.close()
         if self.bus is not None:
             await self.bus.close()
         log.info("daemon.stopped")

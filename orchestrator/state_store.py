@@ -41,6 +41,13 @@ class StateStore:
     async def put(self, key: str, value: Any) -> None:
         await Bus.kv_put(self._kv, key, value)
 
+    async def create_if_absent(self, key: str, value: Any) -> bool:
+        """kv.create: False when the key exists (an original already recorded is never overwritten)."""
+        return await Bus.kv_create(self._kv, key, value)
+
+    async def delete(self, key: str) -> None:
+        await Bus.kv_delete(self._kv, key)
+
 
 class MemoryStateStore(StateStore):
     """The same interface over a dict: for `failover plan` without a NATS to read from."""
@@ -67,3 +74,12 @@ class MemoryStateStore(StateStore):
 
     async def put(self, key: str, value: Any) -> None:
         self.data[key] = value
+
+    async def create_if_absent(self, key: str, value: Any) -> bool:
+        if key in self.data:
+            return False
+        self.data[key] = value
+        return True
+
+    async def delete(self, key: str) -> None:
+        self.data.pop(key, None)

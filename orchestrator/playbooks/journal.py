@@ -7,6 +7,7 @@ it): this process must stop acting on it, so the conflict surfaces as `Fenced`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from orchestrator import subjects
@@ -35,18 +36,23 @@ class BusJournal:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self._revisions: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def save(self, record: dict[str, Any]) -> None:
+        """Write the whole record with compare-and-set. Writes of one run are serialized here: the
+        items of a `for_each` step save concurrently, and each must build on the previous revision."""
         run_id = str(record["id"])
-        try:
-            self._revisions[run_id] = await Bus.kv_cas(
-                self.bus.kv.runs, f"run.{run_id}", record, self._revisions.get(run_id)
-            )
-        except ConflictError as e:
-            raise Fenced(f"run {run_id}: {e}") from e
+        async with self._locks.setdefault(run_id, asyncio.Lock()):
+            try:
+                self._revisions[run_id] = await Bus.kv_cas(
+                    self.bus.kv.runs, f"run.{run_id}", record, self._revisions.get(run_id)
+                )
+            except ConflictError as e:
+                raise Fenced(f"run {run_id}: {e}") from e
         if len(self._revisions) > 10_000:  # bounded: forget the oldest finished runs' revisions
             for stale in list(self._revisions)[:1000]:
                 self._revisions.pop(stale, None)
+                self._locks.pop(stale, None)
 
     async def emit(self, event: RunEvent) -> None:
         await self.bus.publish_durable(subjects.runs(event.run_id), event.to_json())

@@ -35,23 +35,25 @@ def is_late(value: Any, late: frozenset[str] = LATE_NAMES) -> bool:
     return any(templates.is_template(text) and _names(text) & late for _loc, text in templates.strings(value))
 
 
-def render_early(value: Any, context: dict[str, Any]) -> Any:
+def render_early(value: Any, context: dict[str, Any], late: frozenset[str] = LATE_NAMES) -> Any:
     """Render what can be rendered now; leave late templates (whole strings) for step start."""
     if isinstance(value, str):
-        return value if is_late(value) else templates.render_string(value, context)
+        return value if is_late(value, late) else templates.render_string(value, context)
     if isinstance(value, dict):
-        return {k: render_early(v, context) for k, v in value.items()}
+        return {k: render_early(v, context, late) for k, v in value.items()}
     if isinstance(value, list):
-        return [render_early(v, context) for v in value]
+        return [render_early(v, context, late) for v in value]
     return value
 
 
 def plan_step(step: Step, step_id: str, context: dict[str, Any]) -> dict[str, Any]:
     """One step of the plan: its fields with everything early rendered (for_each items included)."""
+    # inside for_each, `item` exists only per item at step start
+    late = LATE_NAMES | {"item"} if step.for_each is not None else LATE_NAMES
     entry: dict[str, Any] = {
         "id": step_id,
         "action": step.action,
-        "with": render_early(step.with_, context),
+        "with": render_early(step.with_, context, late),
         "timeout_s": step.timeout_s,
         "retry": step.retry.model_dump() if step.retry else None,
         "verify": step.verify,
@@ -61,7 +63,7 @@ def plan_step(step: Step, step_id: str, context: dict[str, Any]) -> dict[str, An
             {"action": step.compensate.action, "with": step.compensate.with_} if step.compensate else None
         ),
     }
-    if isinstance(step.when, str) and not is_late(step.when):
+    if isinstance(step.when, str) and not is_late(step.when, late):
         entry["when"] = bool(_truthy(templates.evaluate(step.when, context)))
     else:
         entry["when"] = step.when

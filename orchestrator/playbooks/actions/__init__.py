@@ -1,6 +1,6 @@
 """The action registry: importing this package registers every action."""
 
-from orchestrator.playbooks.actions import external, flow, lb, notify
+from orchestrator.playbooks.actions import external, flow, k8s, lb, notify
 from orchestrator.playbooks.actions.base import (
     REGISTRY,
     Action,
@@ -20,6 +20,7 @@ __all__ = [
     "StepContext",
     "external",
     "flow",
+    "k8s",
     "lb",
     "notify",
     "register",

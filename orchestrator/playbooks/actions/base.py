@@ -51,6 +51,8 @@ class Services:
     publish: Publish | None = None
     approvals: Any = None
     """An ApprovalBook (runtime): approve/deny decisions arriving by command."""
+    scale: Any = None
+    """A ScaleActuator (runtime), when any cluster has a `kubernetes:` section."""
     dry_run: bool = False
 
 

@@ -64,6 +64,8 @@ class RestoreParams(Params):
     ramp: list[int] = Field(default=[100], min_length=1)
     """Percentages of the original weight, applied in order; must end at 100."""
     interval_s: Seconds = Field(default=10.0, alias="interval", ge=0)
+    gate: bool = True
+    """Each ramp step after the first requires the cluster to be healthy still."""
 
     @model_validator(mode="after")
     def _ramp(self) -> RestoreParams:
@@ -108,6 +110,12 @@ class LbRestore(Action):
             if i:
                 at = ctx.journal.setdefault("next_at", time.time() + params.interval_s)
                 await ctx.sleep_until(float(at))
+                state = ctx.services.cluster_states().get(params.cluster, "unknown")
+                if params.gate and state != "healthy":
+                    raise PermanentError(
+                        f"health gate: {params.cluster} is {state} after the ramp step to "
+                        f"{steps[i - 1]}; the ramp stops here"
+                    )
             change = await actuator.set_weight(
                 params.cluster, steps[i], expect=expect, min_healthy=ctx.min_healthy_clusters, force=ctx.force
             )

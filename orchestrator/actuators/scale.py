@@ -1,0 +1,276 @@
+"""Scaling workloads so survivors absorb a failed cluster's load, and scaling them back (DESIGN §6b).
+
+`absorb`: replicas = min(max_replicas, max(current, ceil(baseline x total_weight / surviving_weight)))
+where `baseline` is the replica count recorded before our first change (KV
+`orig.scale.<cluster>.<ns>.<kind>.<name>`, written with kv.create so a second failure scales from 6,
+not from 9) and the weights are the clusters' nominal weights: all of them, and those still serving.
+Scaling back recomputes the same target for the clusters serving now (one of two failed clusters back:
+18 -> 9, not 6); the baseline itself is restored, and its record deleted, only when every cluster serves
+again, and only where the current value is still the one we set (otherwise: drift, left alone).
+
+Under an HPA we never fight the autoscaler over spec.replicas: we raise `minReplicas` (and
+`maxReplicas` if needed) and restore both later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from orchestrator.config import Config
+from orchestrator.errors import PermanentError
+from orchestrator.kube import ConflictError, KubeClients, KubeCluster
+from orchestrator.state_store import StateStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Workload:
+    cluster: str
+    namespace: str
+    kind: str  # "deployment" | "statefulset"
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"orig.scale.{self.cluster}.{self.namespace}.{self.kind}.{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.cluster}/{self.namespace}/{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Current:
+    replicas: int
+    resource_version: str
+    hpa: dict[str, Any] | None
+
+    @property
+    def effective(self) -> int:
+        """What we control: the HPA's floor when an HPA owns the workload, else spec.replicas."""
+        if self.hpa is not None:
+            return int(self.hpa["spec"].get("minReplicas") or 1)
+        return self.replicas
+
+
+@dataclass(frozen=True)
+class ScaleChange:
+    workload: str
+    before: int
+    after: int
+    via: str  # "replicas" | "hpa"
+    drift: str | None = None
+
+    def describe(self) -> str:
+        what = "HPA minReplicas" if self.via == "hpa" else "replicas"
+        text = f"{self.workload} {what} {self.before} -> {self.after}"
+        return f"{text} (drift: {self.drift})" if self.drift else text
+
+
+class ScaleActuator:
+    def __init__(
+        self, kube: KubeClients, config: Config, store: StateStore, states: Callable[[], Mapping[str, str]]
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self.store = store
+        self.states = states
+
+    async def cluster(self, name: str) -> KubeCluster:
+        try:
+            ref = self.config.cluster(name).kubernetes
+        except KeyError:
+            raise PermanentError(f"unknown cluster {name!r}") from None
+        if ref is None:
+            raise PermanentError(f"cluster {name} has no 'kubernetes:' section")
+        return await self.kube.cluster(ref, name)
+
+    async def read(self, w: Workload) -> Current:
+        kube = await self.cluster(w.cluster)
+        replicas, rv = await kube.get_scale(w.namespace, w.kind, w.name)
+        hpa = await kube.get_hpa_for(w.namespace, w.kind, w.name)
+        return Current(replicas, rv, hpa)
+
+    async def record(self, w: Workload) -> dict[str, Any] | None:
+        value = await self.store.get(w.key)
+        return dict(value) if value else None
+
+    # the formula ---------------------------------------------------------------------------------
+
+    def weights(self, absent: Iterable[str]) -> tuple[int, int]:
+        """(total nominal weight of all clusters, nominal weight of those serving), where serving means
+        not failed and not in `absent` (the clusters whose load is being absorbed)."""
+        states = self.states()
+        gone = set(absent)
+        total = sum(c.weight for c in self.config.clusters)
+        surviving = sum(
+            c.weight for c in self.config.clusters if c.name not in gone and states.get(c.name) != "failed"
+        )
+        return total, surviving
+
+    @staticmethod
+    def absorb_target(
+        baseline: int, current: int, total: int, surviving: int, max_replicas: int | None
+    ) -> int:
+        if surviving <= 0:
+            raise PermanentError("no cluster left serving: nothing can absorb the load")
+        target = max(current, math.ceil(baseline * total / surviving))
+        return min(max_replicas, target) if max_replicas is not None else target
+
+    # effects -------------------------------------------------------------------------------------
+
+    async def scale_to(self, w: Workload, target: int, current: Current) -> ScaleChange:
+        """Absolute target; records the baseline first (kv.create, never overwritten), then the value set."""
+        baseline_record = {
+            "replicas": current.replicas,
+            "set": None,
+            "hpa": (
+                {
+                    "name": current.hpa["metadata"]["name"],
+                    "min": current.hpa["spec"].get("minReplicas") or 1,
+                    "max": current.hpa["spec"]["maxReplicas"],
+                }
+                if current.hpa
+                else None
+            ),
+        }
+        await self.store.create_if_absent(w.key, baseline_record)
+        change = await self._apply(w, target, current)
+        record = await self.record(w) or baseline_record
+        record["set"] = target
+        await self.store.put(w.key, record)
+        return change
+
+    async def _apply(self, w: Workload, target: int, current: Current, conflicts: int = 3) -> ScaleChange:
+        """Write an absolute target with the resourceVersion just read. A 409 (most often the workload's
+        controller updating status in between) is answered by reading again and writing the same
+        target, a bounded number of times."""
+        for _ in range(conflicts):
+            try:
+                return await self._write(w, target, current)
+            except ConflictError:
+                current = await self.read(w)
+        return await self._write(w, target, current)
+
+    async def _write(self, w: Workload, target: int, current: Current) -> ScaleChange:
+        kube = await self.cluster(w.cluster)
+        if current.hpa is not None:
+            spec = current.hpa["spec"]
+            before = int(spec.get("minReplicas") or 1)
+            patch: dict[str, Any] = {
+                "metadata": {"resourceVersion": current.hpa["metadata"]["resourceVersion"]},
+                "spec": {"minReplicas": target},
+            }
+            if int(spec["maxReplicas"]) < target:
+                patch["spec"]["maxReplicas"] = target
+            if before != target or "maxReplicas" in patch["spec"]:
+                await kube.patch_hpa(w.namespace, current.hpa["metadata"]["name"], patch)
+            log.info("k8s.scaled", workload=str(w), via="hpa", before=before, after=target)
+            return ScaleChange(str(w), before, target, "hpa")
+        if current.replicas != target:
+            # the resourceVersion read under this step: a concurrent change is a 409, and we re-read
+            await kube.set_scale(w.namespace, w.kind, w.name, target, current.resource_version)
+        log.info("k8s.scaled", workload=str(w), via="replicas", before=current.replicas, after=target)
+        return ScaleChange(str(w), current.replicas, target, "replicas")
+
+    async def plan_restore(self, w: Workload, max_replicas: int | None = None) -> dict[str, Any]:
+        """What `restore` would do, read-only: {current, record, target (None: nothing), reason, drift}."""
+        record = await self.record(w)
+        current = await self.read(w)
+        plan: dict[str, Any] = {
+            "current": current,
+            "record": record,
+            "target": None,
+            "drift": None,
+            "baseline": int(record["replicas"]) if record else current.effective,
+        }
+        if record is not None and record.get("set") is not None and current.effective != int(record["set"]):
+            plan["drift"] = f"expected {record['set']} (ours), found {current.effective}; left as it is"
+            plan["reason"] = "drift"
+            return plan
+        total, surviving = self.weights(())
+        if surviving == total:
+            if record is None:
+                plan["reason"] = "nothing to restore: no scale-out was recorded"
+            else:
+                plan["target"] = int(record["hpa"]["min"]) if record.get("hpa") else int(record["replicas"])
+                plan["reason"] = "every cluster serves again: baseline restored, record deleted"
+            return plan
+        if surviving <= 0:
+            plan["reason"] = "no cluster serves: nothing to size for"
+            return plan
+        target = math.ceil(plan["baseline"] * total / surviving)
+        if max_replicas is not None:
+            target = min(max_replicas, target)
+        if target == current.effective:
+            plan["reason"] = f"already at {target} for the clusters serving now"
+            return plan
+        plan["target"] = target
+        plan["reason"] = (
+            f"{surviving} of {total} nominal weight serving: sized from baseline {plan['baseline']}"
+        )
+        return plan
+
+    async def restore(self, w: Workload, max_replicas: int | None = None) -> tuple[ScaleChange | None, str]:
+        """Scale back to what the clusters serving now need; the baseline once every cluster serves.
+
+        Returns (change or None, explanation)."""
+        plan = await self.plan_restore(w, max_replicas)
+        current: Current = plan["current"]
+        record = plan["record"]
+        if plan["drift"]:
+            return (
+                ScaleChange(
+                    str(w),
+                    current.effective,
+                    current.effective,
+                    "hpa" if current.hpa else "replicas",
+                    drift=plan["drift"],
+                ),
+                "drift",
+            )
+        if plan["target"] is None:
+            return None, str(plan["reason"])
+        total, surviving = self.weights(())
+        if surviving == total:
+            change = await self._restore_baseline(w, record, current)
+            await self.store.delete(w.key)
+            return change, str(plan["reason"])
+        if record is None:
+            return await self.scale_to(w, int(plan["target"]), current), str(plan["reason"])
+        change = await self._apply(w, int(plan["target"]), current)
+        record["set"] = plan["target"]
+        await self.store.put(w.key, record)
+        return change, str(plan["reason"])
+
+    async def _restore_baseline(self, w: Workload, record: dict[str, Any], current: Current) -> ScaleChange:
+        for _ in range(3):
+            try:
+                return await self._write_baseline(w, record, current)
+            except ConflictError:
+                current = await self.read(w)
+        return await self._write_baseline(w, record, current)
+
+    async def _write_baseline(self, w: Workload, record: dict[str, Any], current: Current) -> ScaleChange:
+        kube = await self.cluster(w.cluster)
+        hpa = record.get("hpa")
+        if hpa and current.hpa is not None:
+            before = current.effective
+            await kube.patch_hpa(
+                w.namespace,
+                hpa["name"],
+                {
+                    "metadata": {"resourceVersion": current.hpa["metadata"]["resourceVersion"]},
+                    "spec": {"minReplicas": int(hpa["min"]), "maxReplicas": int(hpa["max"])},
+                },
+            )
+            return ScaleChange(str(w), before, int(hpa["min"]), "hpa")
+        baseline = int(record["replicas"])
+        if current.replicas != baseline:
+            await kube.set_scale(w.namespace, w.kind, w.name, baseline, current.resource_version)
+        return ScaleChange(str(w), current.replicas, baseline, "replicas")
