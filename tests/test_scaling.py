@@ -172,8 +172,8 @@ steps:
   - id: scale
     action: k8s.scale
     for_each: "{{ clusters | selectattr('state', 'ne', 'failed') | map(attribute='name') | list }}"
-    with:
-      {cluster: "{{ item }}", namespace: shop, deployment: web, absorb: "{{ event.cluster }}", max_replicas: 40}
+    with: {cluster: "{{ item }}", namespace: shop, deployment: web, absorb: "{{ event.cluster }}",
+           max_replicas: 40}
     retry: {attempts: 4, initial: 50ms}
   - id: ready
     action: k8s.wait_ready

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from orchestrator.actuators.base import Balancer
+from orchestrator.actuators.gateway_api import GatewayApiBalancer, Term
 from orchestrator.actuators.haproxy import HAProxyBalancer
+from orchestrator.actuators.istio import IstioBalancer
+from orchestrator.actuators.smi import SmiBalancer
+from orchestrator.actuators.webhook import WebhookBalancer
 from orchestrator.config import LoadBalancerConfig
 from orchestrator.errors import PermanentError
 
-DRIVERS: dict[str, type[Balancer]] = {"haproxy": HAProxyBalancer}
+DRIVERS: dict[str, type[Balancer]] = {
+    "haproxy": HAProxyBalancer,
+    "gateway_api": GatewayApiBalancer,
+    "istio": IstioBalancer,
+    "smi": SmiBalancer,
+    "webhook": WebhookBalancer,
+}
 
 
-def build_balancer(config: LoadBalancerConfig) -> Balancer:
+def build_balancer(config: LoadBalancerConfig, term: Term | None = None) -> Balancer:
+    """The driver for `config`; `term` (the leader's fencing term, read at each write) goes to every
+    driver that takes it (the webhook sends it; Kubernetes writes are fenced by resourceVersion)."""
     try:
-        return DRIVERS[config.driver](config)
+        driver = DRIVERS[config.driver]
     except KeyError:
         raise PermanentError(f"balancer driver {config.driver!r} is not available in this version") from None
+    if "term" in inspect.signature(driver).parameters:
+        factory: Any = driver  # the Balancer ABC's constructor does not declare `term`
+        built: Balancer = factory(config, term=term)
+        return built
+    return driver(config)
