@@ -316,6 +316,12 @@ class NotifierConfig(Model):
         return self
 
 
+class ReconcileConfig(Model):
+    interval_s: Seconds = Field(default=5.0, alias="interval", gt=0)
+    """How often the leader re-reads what it holds (drains, scale-outs) and re-asserts reverted values:
+    an HAProxy reload or a GitOps self-heal is undone within this."""
+
+
 class PlaybooksConfig(Model):
     paths: list[str] = ["playbooks/"]
 
@@ -340,6 +346,7 @@ class Config(Model):
     load_balancers: list[LoadBalancerConfig] = []
     notifiers: list[NotifierConfig] = []
     playbooks: PlaybooksConfig = PlaybooksConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
     chatops: ChatopsConfig = ChatopsConfig()
 
     base_dir: str = Field(default=".", exclude=True)

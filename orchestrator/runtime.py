@@ -37,6 +37,7 @@ from orchestrator.playbooks.journal import BusJournal
 from orchestrator.playbooks.loader import load_playbooks, playbook_files
 from orchestrator.playbooks.runner import Runner
 from orchestrator.probes.prober import Prober
+from orchestrator.reconcile import Reconciler
 from orchestrator.state_store import StateStore
 
 log = structlog.get_logger(__name__)
@@ -74,6 +75,7 @@ class Daemon:
         self.approvals: ApprovalBook | None = None
         self.commands: Commands | None = None
         self.kube: KubeClients | None = None
+        self.reconciler: Reconciler | None = None
         self.balancers: dict[str, BalancerActuator] = {}
         self.ready = asyncio.Event()
         self._reload_now = asyncio.Event()
@@ -138,7 +140,18 @@ class Daemon:
             )
             log.info("playbooks.loaded", playbooks=sorted(playbooks))
 
+            self.reconciler = reconciler = Reconciler(
+                balancers,
+                scale,
+                store,
+                self._system_event,
+                busy=lambda cluster: any(r.event.get("cluster") == cluster for r in runner.active.values()),
+                interval_s=config.reconcile.interval_s,
+            )
+
             async def on_event(event: dict[str, Any]) -> None:
+                if event.get("type") in ("observer.clear", "automation.resumed"):
+                    reconciler.kick()  # on unfreeze, desired state is reconciled with the current state
                 await runner.on_event(event)
 
             self.detection = detection = DetectionService(
@@ -166,6 +179,8 @@ class Daemon:
             if resumed:
                 log.info("runs.resumed", runs=resumed)
             tasks.append(create_guarded_task(self._watch_playbooks(stop), "playbook-watcher", stop))
+            tasks.append(create_guarded_task(reconciler.run(stop), "reconciler", stop))
+            reconciler.kick()  # on start and resume: what we hold is checked at once
             if self.run_probes:
                 prober = Prober(config, bus.publish, baseline=store.original_scale)
                 tasks.append(create_guarded_task(prober.run(stop), "prober", stop))
@@ -264,6 +279,8 @@ class Daemon:
             log.error("event.publish_failed", error=str(e))
 
     async def _count_run_event(self, event: RunEvent) -> None:
+        if event.type == "finished" and self.reconciler is not None:
+            self.reconciler.kick()  # after every run, desired state is reconciled
         self.metrics.run_events.labels(type=event.type).inc()
         if event.type == "blocked":
             self.metrics.guard_refusals.labels(rule=str(event.detail.get("rule", "unknown"))).inc()

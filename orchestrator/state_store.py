@@ -41,6 +41,9 @@ class StateStore:
     async def put(self, key: str, value: Any) -> None:
         await Bus.kv_put(self._kv, key, value)
 
+    async def items(self, prefix: str) -> dict[str, Any]:
+        return await Bus.kv_items(self._kv, prefix)
+
     async def create_if_absent(self, key: str, value: Any) -> bool:
         """kv.create: False when the key exists (an original already recorded is never overwritten)."""
         return await Bus.kv_create(self._kv, key, value)
@@ -83,3 +86,6 @@ class MemoryStateStore(StateStore):
 
     async def delete(self, key: str) -> None:
         self.data.pop(key, None)
+
+    async def items(self, prefix: str) -> dict[str, Any]:
+        return {k: v for k, v in self.data.items() if k.startswith(prefix)}

@@ -360,3 +360,39 @@ async def test_playbooks_hot_reload_and_an_invalid_set_is_refused_whole(
                 return len([e for e in events if e["type"] == "playbooks.reloaded"]) > count
 
             await wait_for(reloaded_again, 10, "reload on request")
+
+
+async def test_a_drain_reverted_by_an_haproxy_reload_is_reasserted(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
+        path = write_config(
+            tmp_path, f, hook.url, nats_url=nats_server.url, extra="reconcile: {interval: 300ms}"
+        )
+        async with running(path) as daemon:
+            assert daemon.bus is not None
+            events = await collect(daemon.bus, subjects.SYSTEM_EVENTS)
+            await wait_for(lambda: all_healthy(daemon), 10, "all clusters healthy")
+            await f.apps["us-east"].stop()
+
+            async def drained() -> bool:
+                return (await f.weights())["us-east"] == 0
+
+            await wait_for(drained, 10, "us-east drained")
+            await f.haproxy.reload()  # no saved state: the reload puts every server back to weight 100
+            assert (await f.weights())["us-east"] == 100
+            await wait_for(drained, 5, "the drain re-asserted")
+
+            async def reported() -> bool:
+                return any(e["type"] == "drift.detected" for e in events)
+
+            await wait_for(reported, 5, "drift.detected")
+            drift = next(e for e in events if e["type"] == "drift.detected")["detail"]
+            assert drift == {
+                "kind": "lb",
+                "balancer": "global",
+                "cluster": "us-east",
+                "expected": 0,
+                "found": 100,
+                "reasserted": True,
+            }

@@ -36,9 +36,19 @@ def config() -> Config:
 
 def test_every_example_playbook_validates(config: Config) -> None:
     loaded = load_playbooks([REPO / "playbooks"], config)
-    assert {"cluster-failover", "cluster-failback"} <= set(loaded)
+    assert {"cluster-failover", "cluster-failback", "degraded-notify", "manual-drain"} <= set(loaded)
     for item in loaded.values():
         assert len(item.sha256) == 64
+    with_edge = config.model_copy(
+        update={
+            "load_balancers": [
+                *config.load_balancers,
+                config.load_balancers[0].model_copy(update={"name": "edge"}),
+            ]
+        }
+    )
+    kubernetes = load_playbooks([REPO / "playbooks" / "kubernetes"], with_edge)
+    assert set(kubernetes) == {"k8s-cluster-failover", "k8s-cluster-failback"}
 
 
 BASE = """\
@@ -215,7 +225,7 @@ def test_the_shipped_json_schema_is_current_and_accepts_every_example() -> None:
     )
     shipped = json.loads(schema.SHIPPED.read_text())
     validator = jsonschema.Draft202012Validator(shipped)
-    for file in sorted((REPO / "playbooks").glob("*.yaml")):
+    for file in sorted((REPO / "playbooks").rglob("*.yaml")):
         data = yaml.safe_load(file.read_text())
         data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as true
         errors = list(validator.iter_errors(data))

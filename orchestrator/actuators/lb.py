@@ -121,6 +121,8 @@ class BalancerActuator:
                         await self.store.record_original_lb(self.name, cluster, current[cluster])
                 await self.balancer.set_weights(apply)
                 for cluster, weight in apply.items():
+                    # what we set is held (re-asserted after a reload or a GitOps revert) while in force
+                    await self.store.put(f"desired.lb.{self.name}.{cluster}", {"weight": weight})
                     changes[cluster] = WeightChange(self.name, cluster, current[cluster], weight)
                     log.info(
                         "lb.weight_set",
@@ -148,8 +150,9 @@ class BalancerActuator:
         return self.balancer.native_weight(self.nominal.get(cluster, 0))
 
     async def finish_restore(self, cluster: str) -> None:
-        """Forget the recorded original once the restore is verified complete."""
+        """Forget the recorded original, and stop holding a desired weight, once the restore is verified."""
         await self.store.forget_original_lb(self.name, cluster)
+        await self.store.delete(f"desired.lb.{self.name}.{cluster}")
 
     async def get_weights(self) -> dict[str, int]:
         return await self.balancer.get_weights()

@@ -178,6 +178,10 @@ class ScaleActuator:
         log.info("k8s.scaled", workload=str(w), via="replicas", before=current.replicas, after=target)
         return ScaleChange(str(w), current.replicas, target, "replicas")
 
+    async def reassert(self, w: Workload, target: int, current: Current) -> ScaleChange:
+        """Put back a value we set that something reverted (the reconciler's use)."""
+        return await self._apply(w, target, current)
+
     async def plan_restore(self, w: Workload, max_replicas: int | None = None) -> dict[str, Any]:
         """What `restore` would do, read-only: {current, record, target (None: nothing), reason, drift}."""
         record = await self.record(w)

@@ -1,0 +1,167 @@
+"""Desired state is held, not just set (DESIGN §2.6).
+
+While a drain or a scale-out is in force (KV `desired.lb.<balancer>.<cluster>`, and `orig.scale.*`
+records with the value we `set`), the leader re-reads the balancers and workloads every
+`reconcile.interval` and after every run, and re-asserts what it set when something reverted it: an
+HAProxy reload resets runtime weights, Argo CD or Flux self-heal puts route weights back. Every
+difference is a `drift.detected` system event saying what was expected, what was found and whether it
+was re-asserted. While automation is paused, or a run is working on that cluster, drift is only reported.
+Re-assertions go through the same actuators, so `min_healthy_clusters` still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+
+from orchestrator.actuators.lb import BalancerActuator
+from orchestrator.actuators.scale import Current, ScaleActuator, Workload
+from orchestrator.errors import OrchestratorError
+from orchestrator.state_store import StateStore
+
+log = structlog.get_logger(__name__)
+
+Emit = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        balancers: Mapping[str, BalancerActuator],
+        scale: ScaleActuator | None,
+        store: StateStore,
+        emit: Emit,
+        busy: Callable[[str], bool],
+        interval_s: float = 5.0,
+    ) -> None:
+        self.balancers = balancers
+        self.scale = scale
+        self.store = store
+        self.emit = emit
+        self.busy = busy
+        """Whether a run is working on this cluster right now (it owns the values meanwhile)."""
+        self.interval_s = interval_s
+        self._kick = asyncio.Event()
+        self.passes = 0
+
+    def kick(self) -> None:
+        """Reconcile now (after a run, on resume, on unfreeze)."""
+        self._kick.set()
+
+    async def run(self, stop: asyncio.Event, active: Callable[[], bool] = lambda: True) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), timeout=self.interval_s)
+            self._kick.clear()
+            if stop.is_set() or not active():
+                continue
+            try:
+                await self.reconcile_once()
+            except OrchestratorError as e:
+                log.warning("reconcile.failed", error=str(e))
+
+    async def _paused(self, cluster: str) -> bool:
+        now = time.time()
+        for key in ("pause", f"pause.cluster.{cluster}"):
+            value = await self.store.get(key)
+            if value and (value.get("until") is None or float(value["until"]) > now):
+                return True
+        return False
+
+    async def reconcile_once(self) -> list[dict[str, Any]]:
+        """One pass; returns the drifts found (for tests and the API)."""
+        self.passes += 1
+        drifts: list[dict[str, Any]] = []
+        desired = await self.store.items("desired.lb.")
+        by_balancer: dict[str, dict[str, int]] = {}
+        for key, value in desired.items():
+            _, _, balancer, cluster = key.split(".", 3)
+            by_balancer.setdefault(balancer, {})[cluster] = int(value["weight"])
+        for name, wanted in by_balancer.items():
+            actuator = self.balancers.get(name)
+            if actuator is None:
+                continue
+            try:
+                current = await actuator.get_weights()
+            except OrchestratorError as e:
+                log.warning("reconcile.read_failed", balancer=name, error=str(e))
+                continue
+            for cluster, weight in wanted.items():
+                found = current.get(cluster)
+                if found is None or found == weight:
+                    continue
+                drift = {
+                    "kind": "lb",
+                    "balancer": name,
+                    "cluster": cluster,
+                    "expected": weight,
+                    "found": found,
+                }
+                drifts.append(await self._reassert(drift, self._reweigh(actuator, cluster, weight)))
+        if self.scale is not None:
+            for key, record in (await self.store.items("orig.scale.")).items():
+                if record.get("set") is None:
+                    continue
+                _, _, cluster, namespace, kind, name = key.split(".", 5)
+                w = Workload(cluster, namespace, kind, name)
+                try:
+                    now = await self.scale.read(w)
+                except OrchestratorError as e:
+                    log.warning("reconcile.read_failed", workload=str(w), error=str(e))
+                    continue
+                wanted_replicas = int(record["set"])
+                if now.effective == wanted_replicas:
+                    continue
+                drift = {
+                    "kind": "scale",
+                    "workload": str(w),
+                    "cluster": cluster,
+                    "expected": wanted_replicas,
+                    "found": now.effective,
+                }
+                drifts.append(await self._reassert(drift, self._rescale(w, wanted_replicas, now)))
+        return drifts
+
+    @staticmethod
+    def _reweigh(actuator: BalancerActuator, cluster: str, weight: int) -> Callable[[], Awaitable[Any]]:
+        async def apply() -> Any:
+            return await actuator.set_weight(cluster, weight)
+
+        return apply
+
+    def _rescale(self, w: Workload, replicas: int, now: Current) -> Callable[[], Awaitable[Any]]:
+        scaler = self.scale
+        assert scaler is not None
+
+        async def apply() -> Any:
+            return await scaler.reassert(w, replicas, now)
+
+        return apply
+
+    async def _reassert(self, drift: dict[str, Any], apply: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+        cluster = str(drift["cluster"])
+        if self.busy(cluster):
+            drift["reasserted"] = False
+            drift["why"] = "a run is working on this cluster"
+        elif await self._paused(cluster):
+            drift["reasserted"] = False
+            drift["why"] = "automation is paused"
+        else:
+            try:
+                await apply()
+                drift["reasserted"] = True
+            except OrchestratorError as e:
+                drift["reasserted"] = False
+                drift["why"] = str(e)
+        what = drift.get("workload") or f"{drift.get('balancer')}/{cluster}"
+        reason = f"{what}: expected {drift['expected']}, found {drift['found']}; " + (
+            "re-asserted" if drift["reasserted"] else f"not re-asserted ({drift['why']})"
+        )
+        log.warning("drift.detected", **{k: v for k, v in drift.items() if k != "why"}, reason=reason)
+        await self.emit("drift.detected", reason, drift)
+        return drift
