@@ -145,7 +145,7 @@ def demo(
     recovery_hold: Annotated[str, typer.Option("--recovery-hold", help="Hold before failback.")] = "10s",
 ) -> None:
     """Local sandbox: embedded NATS, three simulated clusters behind HAProxy, a failure and a recovery."""
-    from orchestrator.demo import run_demo
+    from orchestrator.sandbox.demo import run_demo
 
     try:
         code = asyncio.run(run_demo(state_dir, recovery_hold))

@@ -5,6 +5,7 @@ The daemon runs the Kubernetes example playbooks (shortened waits)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -143,6 +144,12 @@ async def test_capacity_follows_failures_and_recoveries(nats_server: EmbeddedNat
                 await asyncio.sleep(0.05)
 
         watcher = asyncio.create_task(watch_ap_south())
+        system: list[dict[str, Any]] = []
+
+        async def on_system(msg: Any) -> None:
+            system.append(json.loads(msg.data))
+
+        await daemon.bus.subscribe("failover.events.system", on_system)
         try:
             await wait_for(lambda: _all(daemon, "healthy"), 10, "all clusters healthy")
 
@@ -160,6 +167,23 @@ async def test_capacity_follows_failures_and_recoveries(nats_server: EmbeddedNat
                 ),
                 15,
                 "survivors at 9 and ready",
+            )
+
+            # a GitOps self-heal puts the route back by hand: the leader re-asserts the drain and says so
+            route = kube["edge"].get_object("gateway.networking.k8s.io/v1", "httproutes", "shop", "web")
+            route["spec"]["rules"][0]["backendRefs"][0]["weight"] = 100
+            kube["edge"].put_object(route)
+            assert weights(kube)["eu-west"] == 100
+            await wait_for(lambda: _true(weights(kube)["eu-west"] == 0), 5, "the drain re-asserted")
+            await wait_for(
+                lambda: _true(any(e["type"] == "drift.detected" for e in system)), 5, "drift.detected"
+            )
+            drift = next(e for e in system if e["type"] == "drift.detected")["detail"]
+            assert (drift["balancer"], drift["cluster"], drift["found"], drift["reasserted"]) == (
+                "edge",
+                "eu-west",
+                100,
+                True,
             )
 
             await apps["us-east"].stop()

@@ -8,9 +8,11 @@ absolute targets, never deltas, so a repeated call is harmless (DESIGN §2.3).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from orchestrator.config import LoadBalancerConfig
+
+Term = Callable[[], int | None]
 
 
 class Balancer(ABC):
@@ -19,9 +21,11 @@ class Balancer(ABC):
     #: the largest native weight the driver accepts
     max_weight: int
 
-    def __init__(self, config: LoadBalancerConfig) -> None:
+    def __init__(self, config: LoadBalancerConfig, *, term: Term | None = None) -> None:
         self.config = config
         self.name = config.name
+        self.term = term
+        """The leader's fencing term, read at each write (the webhook driver sends it)."""
 
     @property
     def members(self) -> Mapping[str, str]:

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import structlog
 
-from orchestrator.actuators.base import Balancer
+from orchestrator.actuators.base import Balancer, Term
 from orchestrator.config import LoadBalancerConfig
 from orchestrator.errors import OrchestratorError, PermanentError, TemporaryError
 
@@ -209,8 +209,8 @@ class HAProxyBalancer(Balancer):
 
     max_weight = MAX_WEIGHT
 
-    def __init__(self, config: LoadBalancerConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: LoadBalancerConfig, *, term: Term | None = None) -> None:
+        super().__init__(config, term=term)
         if config.haproxy is None:
             raise PermanentError(f"balancer {config.name!r} has no 'haproxy:' section")
         self.backend = config.haproxy.backend

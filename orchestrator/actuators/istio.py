@@ -1,7 +1,7 @@
 """Istio driver: the weights of one VirtualService http route's destinations, written summing to 100.
 
 Istio wants the integer weights of a route's destinations to sum to 100 (older istiod refuse anything
-else, and the sandbox enforces that by default), while our contract is absolute per-cluster targets that
+else through their validating webhook), while our contract is absolute per-cluster targets that
 a restore puts back exactly. So this driver's native weights are *relative* weights, 0..100 per cluster:
 
 - a write turns the members' relative weights into percentages by largest-remainder rounding (ties go
@@ -25,7 +25,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchestrator.actuators.gateway_api import KubeObjectBalancer, Term, check_int, find_entries
+from orchestrator.actuators.base import Term
+from orchestrator.actuators.kube_lb import KubeObjectBalancer, check_int, find_entries
 from orchestrator.config import KubernetesRef, LoadBalancerConfig
 from orchestrator.errors import PermanentError
 

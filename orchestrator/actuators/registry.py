@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
-
-from orchestrator.actuators.base import Balancer
-from orchestrator.actuators.gateway_api import GatewayApiBalancer, Term
+from orchestrator.actuators.base import Balancer, Term
+from orchestrator.actuators.gateway_api import GatewayApiBalancer
 from orchestrator.actuators.haproxy import HAProxyBalancer
 from orchestrator.actuators.istio import IstioBalancer
 from orchestrator.actuators.smi import SmiBalancer
@@ -30,8 +27,4 @@ def build_balancer(config: LoadBalancerConfig, term: Term | None = None) -> Bala
         driver = DRIVERS[config.driver]
     except KeyError:
         raise PermanentError(f"balancer driver {config.driver!r} is not available in this version") from None
-    if "term" in inspect.signature(driver).parameters:
-        factory: Any = driver  # the Balancer ABC's constructor does not declare `term`
-        built: Balancer = factory(config, term=term)
-        return built
-    return driver(config)
+    return driver(config, term=term)

@@ -12,7 +12,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.actuators.gateway_api import KubeObjectBalancer, Term, find_entries, stored_weight
+from orchestrator.actuators.base import Term
+from orchestrator.actuators.kube_lb import KubeObjectBalancer, find_entries, stored_weight
 from orchestrator.config import KubernetesRef, LoadBalancerConfig
 from orchestrator.errors import PermanentError
 

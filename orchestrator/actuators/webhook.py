@@ -28,8 +28,8 @@ import aiohttp
 import structlog
 
 from orchestrator import signing
-from orchestrator.actuators.base import Balancer
-from orchestrator.actuators.gateway_api import Term, check_int, retry_temporary
+from orchestrator.actuators.base import Balancer, Term
+from orchestrator.actuators.kube_lb import check_int, retry_temporary
 from orchestrator.config import LoadBalancerConfig
 from orchestrator.errors import PermanentError, TemporaryError
 

@@ -37,7 +37,7 @@ HOOK_SECRET = "demo-secret"  # a local demo receiver's secret, not a credential
 
 
 def find_playbooks() -> Path:
-    for candidate in (Path.cwd() / "playbooks", Path(__file__).resolve().parents[1] / "playbooks"):
+    for candidate in (Path.cwd() / "playbooks", Path(__file__).resolve().parents[2] / "playbooks"):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("playbooks/ not found: run the demo from the repository root")
