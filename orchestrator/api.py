@@ -6,18 +6,43 @@ consuming, so a Service never routes commands to a replica that cannot act. Neit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from orchestrator.bus import Bus
+from orchestrator.commands import Commands
+from orchestrator.config import Config
 from orchestrator.metrics import Metrics
+from orchestrator.playbooks.journal import BusJournal
 
 Readiness = Callable[[], dict[str, Any]]
 
 
-def build_app(metrics: Metrics, readiness: Readiness) -> web.Application:
+@dataclass
+class ApiContext:
+    """Everything the HTTP API reads or calls; built by the runtime."""
+
+    config: Config
+    metrics: Metrics
+    readiness: Readiness
+    status: Callable[[], dict[str, Any]]
+    """Daemon status: clusters' states, frozen, suspects, active runs, approvals, playbooks, leader."""
+    commands: Commands | None = None
+    """Authentication (`authenticate(token, via)`) and every command (`handle(command, args, token, via)`)."""
+    journal: BusJournal | None = None
+    """Runs: `recent(limit)` and `load(run_id)`."""
+    bus: Bus | None = None
+    """For the live event stream: subscribe to `failover.events.>` and `failover.runs.>`."""
+    weights: Callable[[], Awaitable[dict[str, dict[str, int]]]] | None = None
+    """balancer -> cluster -> current native weight (read from the balancers)."""
+
+
+def build_app(ctx: ApiContext) -> web.Application:
+    metrics, readiness = ctx.metrics, ctx.readiness
     app = web.Application()
 
     async def healthz(_request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from orchestrator import subjects
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.actuators.scale import ScaleActuator
-from orchestrator.api import ApiServer, build_app
+from orchestrator.api import ApiContext, ApiServer, build_app
 from orchestrator.bus import Bus
 from orchestrator.commands import Commands
 from orchestrator.config import Config
@@ -166,7 +166,22 @@ class Daemon:
                     reason="no api.tokens configured: every command "
                     "runs as anonymous admin; configure tokens for anything but a laptop",
                 )
-            self.api = ApiServer(build_app(self.metrics, self.readiness), config.api.host, config.api.port)
+            self.api = ApiServer(
+                build_app(
+                    ApiContext(
+                        config,
+                        self.metrics,
+                        self.readiness,
+                        self.status,
+                        self.commands,
+                        self.journal,
+                        bus,
+                        self.current_weights,
+                    )
+                ),
+                config.api.host,
+                config.api.port,
+            )
             await self.api.start()
             detector_task = create_guarded_task(detection.run(stop), "detector", stop)
             tasks.append(detector_task)
@@ -231,6 +246,14 @@ class Daemon:
             if self.runner
             else {},
         }
+
+    async def current_weights(self) -> dict[str, dict[str, int]]:
+        """balancer -> cluster -> current native weight; a balancer that cannot be read is left out."""
+        out: dict[str, dict[str, int]] = {}
+        for name, actuator in self.balancers.items():
+            with contextlib.suppress(OrchestratorError):
+                out[name] = await actuator.get_weights()
+        return out
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the playbooks now."""
