@@ -233,6 +233,16 @@ class Bus:
         try:
             return await self.js.create_key_value(config)
         except nats.js.errors.BadRequestError:
+            # it exists: bring its TTL to ours (the leader bucket's TTL *is* the lease)
+            stream = f"KV_{config.bucket}"
+            info = await self.js.stream_info(stream)
+            wanted = float(config.ttl or 0)
+            if abs(float(info.config.max_age or 0) - wanted) > 0.001:
+                info.config.max_age = wanted
+                if wanted and float(info.config.duplicate_window or 0) > wanted:
+                    info.config.duplicate_window = wanted  # NATS refuses a window longer than the max age
+                await self.js.update_stream(info.config)
+                log.info("kv.ttl_updated", bucket=config.bucket, ttl_s=wanted)
             return await self.js.key_value(config.bucket)
         except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as e:
             raise TemporaryError(f"JetStream not available creating KV {config.bucket}: {e}") from e

@@ -8,6 +8,7 @@ daemon says so at start.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import time
@@ -78,6 +79,7 @@ class Commands:
         self.cluster_states = cluster_states
         self.resume_detector = resume_detector
         self.status = status
+        self._subscription: Any = None
         self.handlers: dict[str, Handler] = {
             "status": self._status,
             "clusters": self._clusters,
@@ -157,7 +159,14 @@ class Commands:
             if msg.reply:
                 await self.bus.nc.publish(msg.reply, json.dumps(answer, default=str).encode())
 
-        await self.bus.subscribe(subjects.COMMANDS, on_request)
+        if self._subscription is None:  # only the leader answers: approvals wait in its process
+            self._subscription = await self.bus.subscribe(subjects.COMMANDS, on_request)
+
+    async def stop_serving(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     # handlers ------------------------------------------------------------------------------------
 

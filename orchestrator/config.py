@@ -322,6 +322,20 @@ class ReconcileConfig(Model):
     an HAProxy reload or a GitOps self-heal is undone within this."""
 
 
+class LeadershipConfig(Model):
+    lease_ttl_s: Seconds = Field(default=10.0, alias="lease_ttl", gt=0)
+    """A follower takes over within lease_ttl + renew_interval of the leader's death."""
+    renew_interval_s: Seconds = Field(default=2.0, alias="renew_interval", gt=0)
+    margin_s: Seconds = Field(default=2.0, alias="margin", ge=0)
+    """The leader stops acting this long before its lease could expire, by its own clock."""
+
+    @model_validator(mode="after")
+    def _order(self) -> LeadershipConfig:
+        if self.renew_interval_s >= self.lease_ttl_s - self.margin_s:
+            raise ValueError("renew_interval must be shorter than lease_ttl - margin")
+        return self
+
+
 class PlaybooksConfig(Model):
     paths: list[str] = ["playbooks/"]
 
@@ -347,6 +361,7 @@ class Config(Model):
     notifiers: list[NotifierConfig] = []
     playbooks: PlaybooksConfig = PlaybooksConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
+    leadership: LeadershipConfig = LeadershipConfig()
     chatops: ChatopsConfig = ChatopsConfig()
 
     base_dir: str = Field(default=".", exclude=True)

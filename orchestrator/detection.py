@@ -54,6 +54,7 @@ class DetectionService:
         on_event: OnEvent,
         tick_interval_s: float = 0.1,
         clock: Callable[[], float] = time.time,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.state = state
         self.bus = bus
@@ -61,6 +62,8 @@ class DetectionService:
         self.on_event = on_event
         self.tick_interval_s = tick_interval_s
         self.clock = clock
+        self.is_leader = is_leader
+        """Followers decide exactly as the leader does, but only the leader publishes and persists."""
         self.consuming = False
         self.started = asyncio.Event()
         """Set once state is rebuilt (KV + replay) and live reports are being applied."""
@@ -208,6 +211,8 @@ class DetectionService:
             event_type=change.type,
             reason=change.reason,
         )
+        if not self.is_leader():
+            return
         await self._persist(f"cluster.{change.cluster}", snapshot(self.state, change.cluster))
         if change.type is None:
             return
@@ -226,6 +231,8 @@ class DetectionService:
         log.warning("system.signal", signal=signal.type, reason=signal.reason)
         self.metrics.observer_frozen.set(1 if self.state.frozen else 0)
         self.metrics.suspect_vantages.set(len(self.state.suspects))
+        if not self.is_leader():
+            return
         if signal.type.startswith(("observer.", "automation.")):
             await self._persist("freeze", guard_snapshot(self.state))
         if signal.type == "cluster.flapping":
@@ -234,6 +241,12 @@ class DetectionService:
         event = SystemEvent(type=signal.type, reason=signal.reason, detail=signal.detail)
         await self._durable(subjects.SYSTEM_EVENTS, event.to_json())
         await self.on_event(event.model_dump(mode="json"))
+
+    async def persist_all(self) -> None:
+        """On taking over: write every cluster's state and the guard (a follower kept them only in memory)."""
+        for name in self.state.clusters:
+            await self._persist(f"cluster.{name}", snapshot(self.state, name))
+        await self._persist("freeze", guard_snapshot(self.state))
 
     async def _persist(self, key: str, value: dict[str, Any]) -> None:
         try:

@@ -50,6 +50,17 @@ class Metrics:
             "Vantages whose reports count as stale because they disagree",
             registry=r,
         )
+        self.leader = Gauge("failover_leader", "1 while this replica holds the leader lease", registry=r)
+        self.leader_term = Gauge(
+            "failover_leader_term", "The term (lease revision) this replica last led with", registry=r
+        )
+        self.step_duration = Histogram(
+            "failover_step_duration_seconds",
+            "Playbook step durations",
+            ["playbook", "action", "outcome"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300),
+            registry=r,
+        )
         self.up = Gauge("failover_up", "1 while the daemon runs", registry=r)
 
     def set_cluster_state(self, cluster: str, state: str) -> None:

@@ -28,8 +28,9 @@ from orchestrator.detection import DetectionService
 from orchestrator.detector import DetectorState
 from orchestrator.errors import OrchestratorError, ValidationFailed
 from orchestrator.kube import KubeClients
+from orchestrator.leader import Leadership, StateDirLock
 from orchestrator.metrics import Metrics
-from orchestrator.models import RunEvent, SystemEvent
+from orchestrator.models import RunEvent, SystemEvent, new_id
 from orchestrator.notifiers import build_notifier
 from orchestrator.playbooks.actions import Services
 from orchestrator.playbooks.approvals import ApprovalBook
@@ -76,6 +77,10 @@ class Daemon:
         self.commands: Commands | None = None
         self.kube: KubeClients | None = None
         self.reconciler: Reconciler | None = None
+        self.leadership: Leadership | None = None
+        self._lock: StateDirLock | None = None
+        self._lead_stop = asyncio.Event()
+        self._lead_task: asyncio.Task[None] | None = None
         self.balancers: dict[str, BalancerActuator] = {}
         self.ready = asyncio.Event()
         self._reload_now = asyncio.Event()
@@ -84,16 +89,24 @@ class Daemon:
         return {
             "nats": bool(self.bus and self.bus.nc.is_connected),
             "detector": bool(self.detection and self.detection.consuming),
+            "leader": bool(self.leadership and self.leadership.is_leader),  # informative: followers are ready
         }
 
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
         playbooks = load_playbooks(config.playbook_paths(), config)  # refuse bad playbooks before anything
+        if config.nats.url is None:  # embedded NATS: one replica only, enforced on the state dir
+            self._lock = StateDirLock(config.state_path)
+            self._lock.acquire()
         self.bus = bus = await Bus.connect(config.nats, config.state_path)
         tasks: list[asyncio.Task[None]] = []
         session = aiohttp.ClientSession()
         try:
-            await bus.ensure_topology()
+            lead = config.leadership
+            await bus.ensure_topology(leader_ttl_s=lead.lease_ttl_s)
+            self.leadership = leadership = Leadership(
+                None if bus.embedded else bus, lead.lease_ttl_s, lead.renew_interval_s, lead.margin_s
+            )
             store = StateStore(bus)
             state = DetectorState.from_config(config)
             nominal = {c.name: c.weight for c in config.clusters}
@@ -113,14 +126,20 @@ class Daemon:
                 ]
 
             self.balancers = balancers = {
-                lb.name: BalancerActuator(build_balancer(lb), nominal, states, store)
+                lb.name: BalancerActuator(
+                    build_balancer(lb, term=lambda: leadership.term),
+                    nominal,
+                    states,
+                    store,
+                    fence=leadership.fence,
+                )
                 for lb in config.load_balancers
             }
             notifiers = {n.name: build_notifier(n, session) for n in config.notifiers}
             self.approvals = ApprovalBook()
             self.kube = KubeClients()
             scale = (
-                ScaleActuator(self.kube, config, store, states)
+                ScaleActuator(self.kube, config, store, states, fence=leadership.fence)
                 if any(c.kubernetes for c in config.clusters)
                 else None
             )
@@ -133,11 +152,13 @@ class Daemon:
                 publish=bus.publish,
                 approvals=self.approvals,
                 scale=scale,
+                fence=leadership.fence,
             )
             self.journal = BusJournal(bus)
             self.runner = runner = Runner(
                 services, self.journal, playbooks, cluster_view, store, on_run_event=self._count_run_event
             )
+            runner.acting = False  # until elected
             log.info("playbooks.loaded", playbooks=sorted(playbooks))
 
             self.reconciler = reconciler = Reconciler(
@@ -150,12 +171,19 @@ class Daemon:
             )
 
             async def on_event(event: dict[str, Any]) -> None:
+                if not leadership.is_leader:
+                    return  # followers keep their detector warm; only the leader acts
                 if event.get("type") in ("observer.clear", "automation.resumed"):
                     reconciler.kick()  # on unfreeze, desired state is reconciled with the current state
                 await runner.on_event(event)
 
             self.detection = detection = DetectionService(
-                state, bus, self.metrics, on_event, tick_interval_s=min(0.25, config.probing.interval_s / 4)
+                state,
+                bus,
+                self.metrics,
+                on_event,
+                tick_interval_s=min(0.25, config.probing.interval_s / 4),
+                is_leader=lambda: leadership.is_leader,
             )
             self.commands = Commands(
                 config, bus, runner, store, self.approvals, states, detection.resume, self.status
@@ -189,15 +217,45 @@ class Daemon:
             await asyncio.wait([started, detector_task], return_when=asyncio.FIRST_COMPLETED)
             if not started.done():  # the detector died while rebuilding: the guard has set `stop`
                 started.cancel()
-            await self.commands.serve_nats()
-            resumed = await runner.resume_unfinished()
-            if resumed:
-                log.info("runs.resumed", runs=resumed)
+            commands = self.commands
+
+            async def elected(term: int) -> None:
+                self.metrics.leader.set(1)
+                self.metrics.leader_term.set(term)
+                await detection.persist_all()  # what followers decided silently is now ours to keep
+                await commands.serve_nats()
+                runner.acting = True
+                resumed = await runner.resume_unfinished()
+                if resumed:
+                    log.info("runs.resumed", runs=resumed, term=term)
+                await self._catch_up(states(), runner)
+                reconciler.kick()  # on taking over: what we hold is checked at once
+                await self._system_event(
+                    "leader.changed", f"{leadership.holder} leads (term {term})", leadership.describe()
+                )
+
+            async def deposed() -> None:
+                self.metrics.leader.set(0)
+                await commands.stop_serving()
+                await runner.abandon()  # journalled; the new leader resumes what was in flight
+
+            leadership.on_elected.append(elected)
+            leadership.on_deposed.append(deposed)
+            # the lease outlives the other tasks: running steps reach a journalled point while we still lead
+            self._lead_task = create_guarded_task(leadership.run(self._lead_stop), "leadership", stop)
             tasks.append(create_guarded_task(self._watch_playbooks(stop), "playbook-watcher", stop))
-            tasks.append(create_guarded_task(reconciler.run(stop), "reconciler", stop))
-            reconciler.kick()  # on start and resume: what we hold is checked at once
+            tasks.append(
+                create_guarded_task(
+                    reconciler.run(stop, active=lambda: leadership.is_leader), "reconciler", stop
+                )
+            )
             if self.run_probes:
-                prober = Prober(config, bus.publish, baseline=store.original_scale)
+                prober = Prober(
+                    config,
+                    bus.publish,
+                    baseline=store.original_scale,
+                    should_publish=lambda: leadership.is_leader,
+                )
                 tasks.append(create_guarded_task(prober.run(stop), "prober", stop))
             self.metrics.up.set(1)
             self.ready.set()
@@ -221,6 +279,9 @@ class Daemon:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.runner is not None:
             await self.runner.stop(SHUTDOWN_GRACE_S)
+        self._lead_stop.set()  # hand the lease over now, instead of making followers wait for its TTL
+        if self._lead_task is not None:
+            await asyncio.gather(self._lead_task, return_exceptions=True)
         if self.api is not None:
             await self.api.stop()
         await session.close()
@@ -231,6 +292,8 @@ class Daemon:
                 await actuator.balancer.close()
         if self.bus is not None:
             await self.bus.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("daemon.stopped")
 
     def status(self) -> dict[str, Any]:
@@ -254,6 +317,32 @@ class Daemon:
             with contextlib.suppress(OrchestratorError):
                 out[name] = await actuator.get_weights()
         return out
+
+    async def _catch_up(self, states: dict[str, str], runner: Runner) -> None:
+        """A leader that died after its detector decided `failed` but before any run started leaves a
+        failed cluster still carrying traffic, and the decision (persisted) is not made again. On taking
+        over, such a cluster gets its `cluster.failed` run now."""
+        weights = await self.current_weights()
+        for cluster, status in states.items():
+            if status != "failed" or any(r.event.get("cluster") == cluster for r in runner.active.values()):
+                continue
+            serving = sorted(b for b, w in weights.items() if w.get(cluster, 0) > 0)
+            if not serving:
+                continue
+            log.warning("leader.catch_up", cluster=cluster, balancers=serving)
+            await runner.on_event(
+                {
+                    "type": "cluster.failed",
+                    "cluster": cluster,
+                    "from": "unknown",
+                    "to": "failed",
+                    "reason": f"failed, yet still weighted in {', '.join(serving)} when this "
+                    "replica took over",
+                    "evidence": {},
+                    "id": new_id(),
+                    "catch_up": True,
+                }
+            )
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the playbooks now."""

@@ -154,7 +154,7 @@ async def test_malformed_reports_are_counted_and_dropped(
 
             await wait_for(counted, 5, "4 malformed messages counted")
             await wait_for(lambda: all_healthy(daemon), 10, "all clusters healthy")
-            assert daemon.readiness() == {"nats": True, "detector": True}
+            assert daemon.readiness() == {"nats": True, "detector": True, "leader": True}
             assert await f.weights() == {"eu-west": 100, "us-east": 100, "ap-south": 100}
 
 
@@ -396,3 +396,29 @@ async def test_a_drain_reverted_by_an_haproxy_reload_is_reasserted(
                 "found": 100,
                 "reasserted": True,
             }
+
+
+async def test_a_new_leader_drains_a_failed_cluster_nobody_drained(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    """The previous leader decided `failed` (persisted) and died before any run started."""
+    async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
+        await f.apps["us-east"].stop()
+        bus = await Bus.connect(NatsConfig(url=nats_server.url), tmp_path, name="previous-leader")
+        try:
+            await bus.ensure_topology()
+            await Bus.kv_put(
+                bus.kv.state,
+                "cluster.us-east",
+                {"status": "failed", "since": 1.0, "last_known": "failed", "history": [1.0]},
+            )
+        finally:
+            await bus.close()
+        path = write_config(tmp_path, f, hook.url, nats_url=nats_server.url)
+        async with running(path):
+
+            async def drained() -> bool:
+                return (await f.weights())["us-east"] == 0
+
+            await wait_for(drained, 10, "us-east drained on taking over")
+            assert (await f.weights())["eu-west"] == 100

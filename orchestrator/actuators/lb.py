@@ -41,6 +41,7 @@ class BalancerActuator:
         nominal: Mapping[str, int],
         states: Callable[[], Mapping[str, str]],
         store: StateStore,
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
         self.balancer = balancer
         self.name = balancer.name
@@ -50,6 +51,8 @@ class BalancerActuator:
         """cluster -> detector status, read at decision time."""
         self.store = store
         self.lock = asyncio.Lock()
+        self.fence = fence
+        """Raises when this replica no longer leads: checked right before every write."""
 
     def refusal(self, current: Mapping[str, int], after: Mapping[str, int], min_healthy: int) -> str | None:
         """Why `min_healthy_clusters` forbids going from `current` to `after`, or None."""
@@ -116,6 +119,7 @@ class BalancerActuator:
                     apply[cluster] = weight
             if apply:
                 self._check_min_healthy(current, apply, min_healthy, force)
+                self.fence()
                 for cluster, weight in apply.items():
                     if weight < current[cluster]:
                         await self.store.record_original_lb(self.name, cluster, current[cluster])

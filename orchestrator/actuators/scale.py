@@ -74,12 +74,18 @@ class ScaleChange:
 
 class ScaleActuator:
     def __init__(
-        self, kube: KubeClients, config: Config, store: StateStore, states: Callable[[], Mapping[str, str]]
+        self,
+        kube: KubeClients,
+        config: Config,
+        store: StateStore,
+        states: Callable[[], Mapping[str, str]],
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
         self.kube = kube
         self.config = config
         self.store = store
         self.states = states
+        self.fence = fence
 
     async def cluster(self, name: str) -> KubeCluster:
         try:
@@ -158,6 +164,7 @@ class ScaleActuator:
         return await self._write(w, target, current)
 
     async def _write(self, w: Workload, target: int, current: Current) -> ScaleChange:
+        self.fence()
         kube = await self.cluster(w.cluster)
         if current.hpa is not None:
             spec = current.hpa["spec"]
@@ -261,6 +268,7 @@ class ScaleActuator:
         return await self._write_baseline(w, record, current)
 
     async def _write_baseline(self, w: Workload, record: dict[str, Any], current: Current) -> ScaleChange:
+        self.fence()
         kube = await self.cluster(w.cluster)
         hpa = record.get("hpa")
         if hpa and current.hpa is not None:

@@ -28,6 +28,7 @@ from tenacity import (
 )
 
 from orchestrator.errors import GuardRefused, OrchestratorError, PermanentError, TemporaryError
+from orchestrator.leader import NotLeader
 from orchestrator.models import RunEventType, rfc3339
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import REGISTRY, Preempted, Services, StepContext
@@ -113,7 +114,7 @@ class RunExecutor:
                 await self._step(step, context)
         except Preempted as e:
             return await self._finish("preempted", detail={"reason": str(e)})
-        except Fenced:
+        except (Fenced, NotLeader):
             raise
         except NeedsAttention as e:
             self.record.update(failed_step=e.step, error=e.reason)
@@ -268,6 +269,7 @@ class RunExecutor:
         async def attempt() -> dict[str, Any]:
             entry["attempts"] = int(entry.get("attempts", 0)) + 1
             remaining = max(0.5, float(entry["deadline"]) - time.time())
+            self.services.fence()  # a deposed leader acts on nothing
             try:
                 async with asyncio.timeout(remaining):
                     if "before" not in entry:
@@ -303,7 +305,7 @@ class RunExecutor:
         except GuardRefused as e:
             await self.emit("blocked", step_id, entry.get("attempts"), {"rule": e.rule, "reason": str(e)})
             raise StepFailed(step_id, f"refused by guard {e}") from e
-        except (Preempted, Fenced):
+        except (Preempted, Fenced, NotLeader):
             raise
         except (TemporaryError, PermanentError) as e:
             raise StepFailed(step_id, str(e)) from e

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.leader import NotLeader
 from orchestrator.models import RunEvent, RunEventType, new_id, rfc3339
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import Preempted, Services
@@ -82,6 +83,8 @@ class Runner:
         self.pending: dict[str, list[Run]] = {}
         self.runs: dict[str, Run] = {}
         self._accepting = True
+        self.acting = True
+        """False on a follower, and on a leader that lost its lease: no run starts."""
 
     def set_playbooks(self, playbooks: Mapping[str, LoadedPlaybook]) -> None:
         """Hot reload: new runs use the new set; running and resumed runs keep their journalled plan."""
@@ -109,7 +112,7 @@ class Runner:
 
     async def on_event(self, event: Mapping[str, Any]) -> list[str]:
         """Schedule a run of every playbook the event matches; return their run ids."""
-        if not self._accepting:
+        if not self._accepting or not self.acting:
             return []
         started = []
         for loaded in self.matching(event):
@@ -217,7 +220,7 @@ class Runner:
                         await self._wait_delay(run)
                     if run.record["status"] == "running":
                         await executor.execute()
-        except Fenced as e:
+        except (Fenced, NotLeader) as e:
             log.warning("run.fenced", run_id=run.id, reason=str(e))
         except asyncio.CancelledError:
             raise
@@ -439,6 +442,19 @@ class Runner:
                 await asyncio.wait(tasks, timeout=remaining)
             else:
                 await asyncio.sleep(0.01)
+
+    async def abandon(self) -> None:
+        """The lease is lost: stop every run at once, writing nothing more (the journal already holds
+        what was in flight, and the new leader resumes it)."""
+        self.acting = False
+        self.pending.clear()
+        tasks = [r.task for r in self.runs.values() if r.task and not r.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        self.active.clear()
+        self.runs.clear()
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking work, give running steps `grace_s` to finish, then cancel (the journal keeps

@@ -54,6 +54,8 @@ class Services:
     scale: Any = None
     """A ScaleActuator (runtime), when any cluster has a `kubernetes:` section."""
     dry_run: bool = False
+    fence: Callable[[], None] = lambda: None
+    """Raises when this replica no longer leads; called before every attempt of every step."""
 
 
 @dataclass
