@@ -435,13 +435,19 @@ async def connect_nats(
     async def _reconnected_cb() -> None:
         log.info("nats.reconnected")
 
+    nc = NatsClient()
     try:
-        return await nats.connect(
-            servers,
-            error_cb=_error_cb,
-            disconnected_cb=_disconnected_cb,
-            reconnected_cb=_reconnected_cb,
-            **options,
-        )
-    except (nats.errors.NoServersError, OSError, TimeoutError) as e:
-        raise TemporaryError(f"cannot connect to NATS at {url}: {e}") from e
+        # bounded: with a wrong credential nats-py would otherwise keep retrying the first connect forever
+        async with asyncio.timeout(cfg.connect_timeout_s * 2 + 1):
+            await nc.connect(
+                servers,
+                error_cb=_error_cb,
+                disconnected_cb=_disconnected_cb,
+                reconnected_cb=_reconnected_cb,
+                **options,
+            )
+        return nc
+    except (nats.errors.Error, OSError, TimeoutError) as e:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise TemporaryError(f"cannot connect to NATS at {url}: {type(e).__name__}") from e

@@ -394,6 +394,13 @@ class Daemon:
         if event.type == "finished" and self.reconciler is not None:
             self.reconciler.kick()  # after every run, desired state is reconciled
         self.metrics.run_events.labels(type=event.type).inc()
+        if event.type in ("step.succeeded", "step.failed") and "duration_s" in event.detail:
+            outcome = "succeeded" if event.type == "step.succeeded" else "failed"
+            self.metrics.step_duration.labels(
+                playbook=event.playbook, action=str(event.detail.get("action")), outcome=outcome
+            ).observe(float(event.detail["duration_s"]))
+        if "since_event_s" in event.detail:
+            self.metrics.detection_to_action.observe(float(event.detail["since_event_s"]))
         if event.type == "blocked":
             self.metrics.guard_refusals.labels(rule=str(event.detail.get("rule", "unknown"))).inc()
         if event.type == "finished":

@@ -422,3 +422,89 @@ async def test_a_new_leader_drains_a_failed_cluster_nobody_drained(
 
             await wait_for(drained, 10, "us-east drained on taking over")
             assert (await f.weights())["eu-west"] == 100
+
+
+async def test_spoofed_events_on_the_bus_start_nothing_and_metrics_show_real_ones(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
+        path = write_config(tmp_path, f, hook.url, nats_url=nats_server.url)
+        async with running(path) as daemon:
+            assert daemon.bus is not None
+            await wait_for(lambda: all_healthy(daemon), 10, "all clusters healthy")
+            fake = {
+                "v": 1,
+                "id": "x",
+                "type": "cluster.failed",
+                "cluster": "us-east",
+                "from": "healthy",
+                "to": "failed",
+                "reason": "trust me",
+                "evidence": {},
+                "ts": "2026-01-01T00:00:00Z",
+            }
+            await daemon.bus.publish_durable("failover.events.cluster.us-east", json.dumps(fake).encode())
+            await asyncio.sleep(1.0)
+            assert await f.weights() == {"eu-west": 100, "us-east": 100, "ap-south": 100}
+            assert daemon.runner is not None and not daemon.runner.runs
+
+            await f.apps["us-east"].stop()  # a real failure: our own detector decides
+
+            async def drained() -> bool:
+                return (await f.weights())["us-east"] == 0
+
+            await wait_for(drained, 10, "us-east drained")
+            await asyncio.sleep(0.3)
+            text = await metrics_text(daemon)
+            assert "failover_detection_to_first_action_seconds_count 1.0" in text
+            assert 'failover_step_duration_seconds_count{action="lb.drain",outcome="succeeded",' in text
+            assert "failover_leader 1.0" in text
+
+
+async def test_nats_token_auth_from_the_config(nats_binary: str, tmp_path: Path) -> None:
+    import subprocess
+
+    from orchestrator.bus import free_port
+    from orchestrator.errors import TemporaryError
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            nats_binary,
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-sd",
+            str(tmp_path),
+            "--auth",
+            "s3cret-nats-token",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                bus = await Bus.connect(
+                    NatsConfig.model_validate({"url": url, "token": "s3cret-nats-token"}),
+                    tmp_path,
+                    name="authed",
+                )
+                break
+            except TemporaryError:
+                await asyncio.sleep(0.05)
+        await bus.ensure_topology()
+        await bus.close()
+        with pytest.raises(TemporaryError) as info:
+            await Bus.connect(
+                NatsConfig.model_validate({"url": url, "token": "wrong", "connect_timeout": "1s"}),
+                tmp_path,
+                name="refused",
+            )
+        assert "s3cret" not in str(info.value) and "wrong" not in str(info.value)
+    finally:
+        proc.terminate()
+        proc.wait(10)

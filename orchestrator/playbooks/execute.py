@@ -12,8 +12,10 @@ A preemption (the cluster failed again during its failback) stops the run at its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -175,6 +177,7 @@ class RunExecutor:
             await self._fail(step, entry, context, str(e))
             return
         was_running = status == "running"
+        started = time.monotonic()
         entry["status"] = "running"
         entry.setdefault("started_at", rfc3339(time.time()))
         await self.save()
@@ -209,7 +212,20 @@ class RunExecutor:
         entry["finished_at"] = rfc3339(time.time())
         context["steps"][step_id] = result
         await self.save()
-        await self.emit("step.succeeded", step_id, entry.get("attempts"), {"result": result})
+        detail: dict[str, Any] = {
+            "result": result,
+            "action": step["action"],
+            "duration_s": round(time.monotonic() - started, 4),
+        }
+        if not self.record.get("first_action_at"):  # detection -> first action, for the latency metric
+            self.record["first_action_at"] = rfc3339(time.time())
+            event_ts = self.record["event"].get("ts")
+            if isinstance(event_ts, str):
+                with contextlib.suppress(ValueError):
+                    detail["since_event_s"] = round(
+                        time.time() - datetime.fromisoformat(event_ts.replace("Z", "+00:00")).timestamp(), 4
+                    )
+        await self.emit("step.succeeded", step_id, entry.get("attempts"), detail)
 
     async def _fail(
         self, step: dict[str, Any], entry: dict[str, Any], context: dict[str, Any], reason: str
