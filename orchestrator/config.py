@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -48,6 +49,16 @@ def _dns_label(value: str) -> str:
 
 
 Name = Annotated[str, BeforeValidator(lambda v: _dns_label(v) if isinstance(v, str) else v)]
+
+
+def http_url(value: str) -> str:
+    """Validator shared by every URL field that must be http(s)."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+HttpUrlStr = Annotated[str, AfterValidator(http_url)]
 
 
 class TlsConfig(Model):
@@ -138,20 +149,13 @@ class KubernetesRef(Model):
 
 
 class HttpProbe(Model):
-    url: str
+    url: HttpUrlStr
     expect_status: list[int] = [200]
     body_regex: str | None = None
     latency_limit_s: Seconds | None = Field(default=None, alias="latency_limit")
     method: Literal["GET", "HEAD"] = "GET"
     headers: dict[str, str] = {}
     verify_tls: bool = True
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-        return value
 
     @field_validator("body_regex")
     @classmethod
@@ -259,17 +263,10 @@ class SmiLb(Model):
 
 
 class WebhookTarget(Model):
-    url: str
+    url: HttpUrlStr
     secret: SecretStr | None = None
     timeout_s: Seconds = Field(default=5.0, alias="timeout", gt=0)
     headers: dict[str, str] = {}
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-        return value
 
 
 LB_DRIVERS = ("haproxy", "gateway_api", "istio", "smi", "webhook")

@@ -206,16 +206,7 @@ class Runner:
                 if run.record is None:
                     await self._begin(run)
                 if run.record is not None and run.record["status"] in ("running", "delayed"):
-                    executor = RunExecutor(
-                        run.record,
-                        self.services,
-                        self.journal,
-                        lambda kind, step, attempt, detail: self._emit(
-                            run.id, run.playbook, kind, step, attempt, detail
-                        ),
-                        self.clusters,
-                        run.preempt,
-                    )
+                    executor = self._executor(run)
                     if run.record["status"] == "delayed":
                         await self._wait_delay(run)
                     if run.record["status"] == "running":
@@ -228,6 +219,16 @@ class Runner:
             log.exception("run.crashed", run_id=run.id)
         finally:
             self._next(run.key)
+
+    def _executor(self, run: Run) -> RunExecutor:
+        assert run.record is not None
+
+        async def emit(
+            kind: RunEventType, step: str | None, attempt: int | None, detail: dict[str, Any]
+        ) -> None:
+            await self._emit(run.id, run.playbook, kind, step, attempt, detail)
+
+        return RunExecutor(run.record, self.services, self.journal, emit, self.clusters, run.preempt)
 
     async def _begin(self, run: Run) -> None:
         assert run.loaded is not None
@@ -297,16 +298,7 @@ class Runner:
         await self._emit(run.id, run.playbook, "blocked", detail={"rule": rule, "reason": reason})
         if run.event.get("type") == PROTECTIVE:
             # a protective action that did not happen is a page, not a log line
-            executor = RunExecutor(
-                run.record,
-                self.services,
-                self.journal,
-                lambda kind, step, attempt, detail: self._emit(
-                    run.id, run.playbook, kind, step, attempt, detail
-                ),
-                self.clusters,
-                run.preempt,
-            )
+            executor = self._executor(run)
             await executor._on_failure(executor.base_context(), f"(guard {rule})", reason)
             await self.journal.save(run.record)
         await self._emit(run.id, run.playbook, "finished", detail={"status": "blocked", "error": reason})

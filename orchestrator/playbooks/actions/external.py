@@ -9,26 +9,19 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import Field, field_validator
 
-from orchestrator.config import Seconds
+from orchestrator.config import HttpUrlStr, Seconds
 from orchestrator.errors import PermanentError, TemporaryError
 from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
 
 
 class HttpParams(Params):
-    url: str
+    url: HttpUrlStr
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: dict[str, str] = {}
     body: Any = None
     """JSON-encoded when not a string."""
     expect_status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
     timeout_s: Seconds = Field(default=10.0, alias="timeout", gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-        return value
 
 
 @register
