@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install haproxy lint format test demo bench clean
+.PHONY: install packages lint format test demo bench clean
 
 $(STAMP): pyproject.toml
 	@scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-haproxy:
-	@scripts/ensure-haproxy.sh
+packages:
+	@scripts/ensure-packages.sh haproxy chromium
 
 lint: install
 	$(BIN)/ruff check orchestrator tests bench chaos
@@ -24,16 +24,17 @@ format: install
 	$(BIN)/ruff check --fix orchestrator tests bench chaos
 	$(BIN)/ruff format orchestrator tests bench chaos
 
-test: install haproxy lint
+test: install packages lint
 	$(BIN)/pytest
 
 demo: install
-	@scripts/ensure-haproxy.sh --required
+	@scripts/ensure-packages.sh --required haproxy
 	$(BIN)/failover demo
 
 bench: install
-	@scripts/ensure-haproxy.sh --required
+	@scripts/ensure-packages.sh --required haproxy
 	$(BIN)/python bench/haproxy_failover.py
+	$(BIN)/python bench/detector.py
 
 clean:
 	rm -rf $(VENV) .failover .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

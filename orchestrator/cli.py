@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import logs
+from orchestrator import ctl, logs
 from orchestrator.errors import OrchestratorError, ValidationFailed
 
 app = typer.Typer(
@@ -18,6 +18,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Event-driven failover orchestrator for multi-cluster Kubernetes.",
 )
+
+app.add_typer(ctl.app, name="ctl")  # failover ctl [--api URL] [--token T] COMMAND: the HTTP API's client
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Configuration file (YAML).")]
 

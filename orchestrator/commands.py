@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class CommandError(OrchestratorError):
 
 
 Handler = Callable[[Caller, dict[str, Any]], Awaitable[Any]]
+RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REQUIRED_ROLE = {
     "status": "viewer",
     "clusters": "viewer",
@@ -70,8 +72,10 @@ class Commands:
         cluster_states: Callable[[], dict[str, str]],
         resume_detector: Callable[[str], Awaitable[None]],
         status: Callable[[], dict[str, Any]],
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
+        self.is_leader = is_leader
         self.bus = bus
         self.runner = runner
         self.store = store
@@ -104,7 +108,13 @@ class Commands:
         raise CommandError("a valid token is required", 401)
 
     async def handle(self, command: str, args: dict[str, Any], token: str | None, via: str) -> dict[str, Any]:
-        """Authorize, run, audit. Never raises: the answer says ok or error."""
+        """Authorize, run, audit. Never raises: the answer says ok or error.
+
+        On a follower, anything but a read is forwarded to the leader over `failover.cmd` (approvals wait
+        in the leader's process and only its runner acts); the leader authorizes and audits it again.
+        """
+        if via != "nats" and not self.is_leader() and REQUIRED_ROLE.get(command) != "viewer":
+            return await self._forward(command, args, token, via)
         caller: Caller | None = None
         try:
             caller = self.authenticate(token, via)
@@ -124,6 +134,17 @@ class Commands:
             answer = {"ok": False, "error": str(e), "status": 500}
         if REQUIRED_ROLE.get(command) != "viewer" or not answer["ok"]:
             await self._audit(caller, command, args, answer, via)
+        return answer
+
+    async def _forward(
+        self, command: str, args: dict[str, Any], token: str | None, via: str
+    ) -> dict[str, Any]:
+        body = json.dumps({"command": command, "args": args, "token": token, "via": f"{via} via follower"})
+        try:
+            reply = await self.bus.request(subjects.COMMANDS, body.encode(), timeout_s=10)
+        except OrchestratorError:
+            return {"ok": False, "error": "no leader answered; try again in a few seconds", "status": 503}
+        answer: dict[str, Any] = json.loads(reply)
         return answer
 
     async def _audit(
@@ -153,7 +174,10 @@ class Commands:
                 args = body.get("args") or {}
                 if not isinstance(args, dict):
                     raise ValueError("args must be an object")
-                answer = await self.handle(body["command"], args, body.get("token"), "nats")
+                via = str(body.get("via") or "nats")[:40]
+                answer = await self.handle(
+                    body["command"], args, body.get("token"), "nats" if via == "nats" else via
+                )
             except ValueError as e:
                 answer = {"ok": False, "error": f"bad request: {e}", "status": 400}
             if msg.reply:
@@ -199,7 +223,10 @@ class Commands:
         ]
 
     async def _run(self, caller: Caller, args: dict[str, Any]) -> Any:
-        record = await self.runner.journal.load(str(args.get("id", "")))
+        run_id = str(args.get("id", ""))
+        if not RUN_ID.match(run_id):  # it becomes a KV key: no wildcards, no dots
+            raise CommandError(f"not a run id: {run_id[:40]!r}", 400)
+        record = await self.runner.journal.load(run_id)
         if record is None:
             raise CommandError(f"no run {args.get('id')!r}", 404)
         return record

@@ -34,7 +34,11 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     if use_json:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        # never print frame locals in tracebacks: a local may hold a token or a secret
+        formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
+        processors.append(
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), exception_formatter=formatter)
+        )
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

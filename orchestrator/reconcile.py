@@ -12,7 +12,6 @@ Re-assertions go through the same actuators, so `min_healthy_clusters` still hol
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -21,6 +20,7 @@ import structlog
 
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.scale import Current, ScaleActuator, Workload
+from orchestrator.aio import wait_any
 from orchestrator.errors import OrchestratorError
 from orchestrator.state_store import StateStore
 
@@ -55,8 +55,7 @@ class Reconciler:
 
     async def run(self, stop: asyncio.Event, active: Callable[[], bool] = lambda: True) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=self.interval_s)
+            await wait_any(self._kick, stop, timeout_s=self.interval_s)
             self._kick.clear()
             if stop.is_set() or not active():
                 continue

@@ -20,6 +20,7 @@ from orchestrator import subjects
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.actuators.scale import ScaleActuator
+from orchestrator.aio import wait_any
 from orchestrator.api import ApiContext, ApiServer, build_app
 from orchestrator.bus import Bus
 from orchestrator.commands import Commands
@@ -186,7 +187,15 @@ class Daemon:
                 is_leader=lambda: leadership.is_leader,
             )
             self.commands = Commands(
-                config, bus, runner, store, self.approvals, states, detection.resume, self.status
+                config,
+                bus,
+                runner,
+                store,
+                self.approvals,
+                states,
+                detection.resume,
+                self.status,
+                is_leader=lambda: leadership.is_leader,
             )
             if not config.api.tokens:
                 log.warning(
@@ -354,8 +363,9 @@ class Daemon:
         assert self.runner is not None and self.bus is not None
         seen = _fingerprint(self.config.playbook_paths())
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload_now.wait(), timeout=poll_s)
+            await wait_any(self._reload_now, stop, timeout_s=poll_s)
+            if stop.is_set():
+                return
             forced = self._reload_now.is_set()
             self._reload_now.clear()
             current = _fingerprint(self.config.playbook_paths())

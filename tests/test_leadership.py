@@ -176,6 +176,24 @@ async def test_the_follower_takes_over_a_killed_leaders_run(
     nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
 ) -> None:
     async with pair(tmp_path, nats_server, haproxy_binary) as p:
+        # a command sent to the follower's API is executed (and audited) by the leader
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"http://127.0.0.1:{p.b.api}/api/v1/commands",
+                json={"command": "pause", "args": {"cluster": "ap-south"}},
+            ) as r,
+        ):
+            assert r.status == 200, await r.text()
+        assert await Bus.kv_get(p.bus.kv.state, "pause.cluster.ap-south") is not None
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"http://127.0.0.1:{p.b.api}/api/v1/commands",
+                json={"command": "resume", "args": {"cluster": "ap-south"}},
+            ) as r,
+        ):
+            assert r.status == 200
         run_id = await fail_and_wait_for_the_slow_step(p)
         assert p.a.proc is not None
         p.a.proc.send_signal(signal.SIGKILL)

@@ -1,0 +1,373 @@
+"""The HTTP API's route table, and the OpenAPI 3.1 document generated from it.
+
+One table (`ROUTES`): `api.build_app` registers the app from it and `/api/v1/openapi.json` is generated
+from it, so the document cannot drift from what is served. The command arguments' schemas
+(`COMMAND_ARGS`) check POST bodies before they reach `Commands.handle` and become the request schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from orchestrator import __version__
+from orchestrator.commands import REQUIRED_ROLE
+
+RUNS_LIMIT_MAX = 1000
+RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+JSON = "application/json"
+Role = Literal["viewer", "operator", "admin"]
+
+
+@dataclass(frozen=True)
+class Reply:
+    description: str
+    schema: dict[str, Any] | None = None
+    content_type: str = JSON
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    operation: str
+    """operationId, and the name of the `_Handlers` method that serves it."""
+    summary: str
+    role: Role | None
+    """The least role needed when tokens are configured; None: open to everyone."""
+    replies: Mapping[int, Reply]
+    parameters: tuple[dict[str, Any], ...] = ()
+    body: dict[str, Any] | None = None
+    query_token: bool = False
+    """Also accepts `?access_token=`: browsers' EventSource and page loads cannot send headers."""
+    audited: bool = False
+    """The handler authenticates itself, so that a refusal is written to `failover.audit` like any
+    refused command (mutating routes); the others are refused by the route wrapper."""
+    tag: str = "api"
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_ERROR = Reply("The request was refused or failed; `error` says why (never echoing a token).", _ref("Error"))
+_AUTH_REPLIES = {401: Reply("No valid token (the `WWW-Authenticate` header says how).", _ref("Error"))}
+_UNAVAILABLE = {503: Reply("A dependency (NATS, the journal) is not available right now.", _ref("Error"))}
+
+# Per command: its arguments (name -> (JSON schema, required)). The POST body is checked against these
+# before it reaches `Commands.handle`, and the OpenAPI request schema is generated from them.
+COMMAND_ARGS: dict[str, dict[str, tuple[dict[str, Any], bool]]] = {
+    "status": {},
+    "clusters": {},
+    "runs": {"limit": ({"type": "integer", "minimum": 1, "maximum": RUNS_LIMIT_MAX}, False)},
+    "run": {"id": ({"type": "string", "pattern": RUN_ID_PATTERN}, True)},
+    "failover": {
+        "cluster": ({"type": "string", "minLength": 1}, True),
+        "force": (
+            {"type": "boolean", "description": "admin only: skip the approval, override guards"},
+            False,
+        ),
+    },
+    "failback": {"cluster": ({"type": "string", "minLength": 1}, True)},
+    "pause": {
+        "cluster": ({"type": "string", "minLength": 1, "description": "omit: all automation"}, False),
+        "for": ({"type": "string", "description": "a duration like 30m or 1h; omit: until resumed"}, False),
+    },
+    "resume": {"cluster": ({"type": "string", "minLength": 1, "description": "omit: all automation"}, False)},
+    "approve": {"run": ({"type": "string", "pattern": RUN_ID_PATTERN}, True)},
+    "deny": {"run": ({"type": "string", "pattern": RUN_ID_PATTERN}, True)},
+}
+assert set(COMMAND_ARGS) == set(REQUIRED_ROLE), "every command needs its argument schema"
+
+
+def _command_schema(command: str) -> dict[str, Any]:
+    args = COMMAND_ARGS[command]
+    args_schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {name: schema for name, (schema, _required) in args.items()},
+        "additionalProperties": False,
+    }
+    required = [name for name, (_schema, req) in args.items() if req]
+    if required:
+        args_schema["required"] = required
+    return {
+        "type": "object",
+        "title": command,
+        "description": f"needs the {REQUIRED_ROLE[command]} role"
+        + (" (admin with force)" if command == "failover" else ""),
+        "properties": {"command": {"const": command}, "args": args_schema},
+        "required": ["command", *(["args"] if required else [])],
+        "additionalProperties": False,
+    }
+
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "properties": {"ok": {"const": False}, "error": {"type": "string"}},
+        "required": ["ok", "error"],
+    },
+    "Health": {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]},
+    "Readiness": {
+        "type": "object",
+        "properties": {"ready": {"type": "boolean"}, "checks": {"type": "object"}},
+        "required": ["ready", "checks"],
+    },
+    "ClusterState": {"enum": ["unknown", "healthy", "degraded", "failed"]},
+    "Cluster": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "state": _ref("ClusterState"),
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "weight": {"type": "integer", "description": "nominal share from the config"},
+            "weights": {
+                "type": "object",
+                "description": "balancer -> current native weight, for the balancers this cluster is in",
+                "additionalProperties": {"type": "integer"},
+            },
+        },
+        "required": ["name", "state", "labels", "weight", "weights"],
+    },
+    "Clusters": {
+        "type": "object",
+        "properties": {
+            "clusters": {"type": "array", "items": _ref("Cluster")},
+            "unreadable_balancers": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "balancers whose current weights could not be read just now",
+            },
+        },
+        "required": ["clusters", "unreadable_balancers"],
+    },
+    "Step": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "action": {"type": "string"},
+            "status": {"type": "string", "description": "pending, running, succeeded, skipped, failed, ..."},
+            "attempts": {"type": ["integer", "null"]},
+            "error": _NULLABLE_STRING,
+            "change": {**_NULLABLE_STRING, "description": "what the step changed, e.g. a weight 100 -> 0"},
+            "summary": {**_NULLABLE_STRING, "description": "for approval steps: what is asked"},
+        },
+        "required": ["id", "action", "status"],
+    },
+    "RunSummary": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "playbook": {"type": "string"},
+            "status": {"type": "string"},
+            "key": _NULLABLE_STRING,
+            "event": _NULLABLE_STRING,
+            "cluster": _NULLABLE_STRING,
+            "actor": _NULLABLE_STRING,
+            "force": {"type": "boolean"},
+            "created_at": _NULLABLE_STRING,
+            "finished_at": _NULLABLE_STRING,
+            "error": _NULLABLE_STRING,
+            "failed_step": _NULLABLE_STRING,
+            "steps": {"type": "array", "items": _ref("Step")},
+        },
+        "required": ["id", "playbook", "status", "steps"],
+    },
+    "Runs": {
+        "type": "object",
+        "properties": {"runs": {"type": "array", "items": _ref("RunSummary")}},
+        "required": ["runs"],
+    },
+    "Run": {
+        "type": "object",
+        "description": "The run journal (DESIGN §5 `failover-runs`): plan, step states, before-values",
+        "properties": {
+            "id": {"type": "string"},
+            "playbook": {"type": "string"},
+            "status": {"type": "string"},
+            "plan": {"type": "object"},
+            "steps": {"type": "object"},
+        },
+        "required": ["id", "playbook", "status"],
+    },
+    "Pause": {
+        "type": "object",
+        "properties": {
+            "scope": {"type": "string", "description": "`all` or a cluster name"},
+            "by": _NULLABLE_STRING,
+            "since": _NULLABLE_STRING,
+            "until": _NULLABLE_STRING,
+        },
+        "required": ["scope"],
+    },
+    "Status": {
+        "type": "object",
+        "properties": {
+            "ready": {"type": "boolean"},
+            "clusters": {"type": "object", "additionalProperties": _ref("ClusterState")},
+            "frozen": {"type": "boolean", "description": "the observer guard holds automation"},
+            "suspect_vantages": {"type": "array", "items": {"type": "string"}},
+            "active_runs": {"type": "object", "additionalProperties": {"type": "string"}},
+            "waiting_approval": {"type": "array", "items": {"type": "string"}},
+            "playbooks": {"type": "object", "additionalProperties": {"type": "string"}},
+            "paused": {"type": "array", "items": _ref("Pause")},
+        },
+        "required": ["ready", "clusters", "frozen", "paused"],
+    },
+    "Command": {"oneOf": [_command_schema(c) for c in COMMAND_ARGS]},
+    "CommandResult": {
+        "type": "object",
+        "properties": {"ok": {"const": True}, "result": {}},
+        "required": ["ok", "result"],
+    },
+}
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET", "/healthz", "healthz", "The process is alive", None,
+        {200: Reply("Alive.", _ref("Health"))}, tag="health",
+    ),
+    Route(
+        "GET", "/readyz", "readyz", "Connected to NATS and consuming health", None,
+        {200: Reply("Ready.", _ref("Readiness")), 503: Reply("Not ready.", _ref("Readiness"))}, tag="health",
+    ),
+    Route(
+        "GET", "/metrics", "metrics", "Prometheus metrics (`failover_` prefix)", None,
+        {200: Reply("Prometheus text format.", {"type": "string"}, "text/plain")}, tag="health",
+    ),
+    Route(
+        "GET", "/", "dashboard", "The dashboard: clusters, weights, runs and approvals, live", "viewer",
+        {
+            200: Reply("HTML page.", {"type": "string"}, "text/html"),
+            401: Reply("No valid token: open the page with ?access_token=.", {"type": "string"}, "text/html"),
+            503: Reply("A dependency is not available right now.", {"type": "string"}, "text/html"),
+        },
+        query_token=True, tag="dashboard",
+    ),
+    Route(
+        "GET", "/api/v1/status", "status", "Daemon status: states, freeze, pauses, active runs, approvals",
+        "viewer", {200: Reply("Status.", _ref("Status")), **_AUTH_REPLIES, **_UNAVAILABLE},
+    ),
+    Route(
+        "GET", "/api/v1/clusters", "clusters", "Clusters with state, labels, nominal and current weights",
+        "viewer", {200: Reply("Clusters.", _ref("Clusters")), **_AUTH_REPLIES, **_UNAVAILABLE},
+    ),
+    Route(
+        "GET", "/api/v1/runs", "runs", "Recent runs, newest first, with their steps", "viewer",
+        {200: Reply("Runs.", _ref("Runs")), 400: _ERROR, **_AUTH_REPLIES, **_UNAVAILABLE},
+        parameters=(
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "description": "how many runs (newest first)",
+                "schema": {"type": "integer", "minimum": 1, "maximum": RUNS_LIMIT_MAX, "default": 20},
+            },
+        ),
+    ),
+    Route(
+        "GET", "/api/v1/runs/{id}", "run", "One run's whole journal record", "viewer",
+        {
+            200: Reply("The journal record.", _ref("Run")),
+            400: _ERROR,
+            404: Reply("No such run.", _ref("Error")),
+            **_AUTH_REPLIES,
+            **_UNAVAILABLE,
+        },
+        parameters=(
+            {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": RUN_ID_PATTERN},
+            },
+        ),
+    ),
+    Route(
+        "POST", "/api/v1/commands", "command", "Run a command (the same set as `failover ctl`); audited",
+        "viewer",
+        {
+            200: Reply("Done.", _ref("CommandResult")),
+            400: _ERROR,
+            401: _AUTH_REPLIES[401],
+            403: Reply("The token's role is not enough for this command.", _ref("Error")),
+            404: Reply("Unknown cluster, run or playbook.", _ref("Error")),
+            409: Reply("Conflict (e.g. the run is not waiting for an approval).", _ref("Error")),
+            413: Reply("Body too large.", _ref("Error")),
+            500: Reply("The command failed.", _ref("Error")),
+            **_UNAVAILABLE,
+        },
+        body=_ref("Command"),
+        audited=True,
+    ),
+    Route(
+        "GET", "/api/v1/events", "events",
+        "Server-sent events: `failover.events.>` and `failover.runs.>` live (`event:` cluster, system, run; "
+        "`dropped` when a slow client lost events)",
+        "viewer",
+        {
+            200: Reply("An endless `text/event-stream`.", {"type": "string"}, "text/event-stream"),
+            **_AUTH_REPLIES,
+            **_UNAVAILABLE,
+        },
+        query_token=True,
+    ),
+    Route(
+        "GET", "/api/v1/openapi.json", "openapi", "This document", "viewer",
+        {200: Reply("OpenAPI 3.1.", {"type": "object"}), **_AUTH_REPLIES},
+    ),
+)  # fmt: skip
+
+
+def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes`."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        operation: dict[str, Any] = {
+            "operationId": route.operation,
+            "summary": route.summary,
+            "tags": [route.tag],
+            "responses": {
+                str(status): {
+                    "description": reply.description,
+                    **({"content": {reply.content_type: {"schema": reply.schema}}} if reply.schema else {}),
+                }
+                for status, reply in sorted(route.replies.items())
+            },
+        }
+        if route.role is None:
+            operation["security"] = []
+        else:
+            operation["security"] = [{"bearer": []}, *([{"accessToken": []}] if route.query_token else [])]
+            operation["x-required-role"] = route.role
+        if route.parameters:
+            operation["parameters"] = list(route.parameters)
+        if route.body is not None:
+            operation["requestBody"] = {"required": True, "content": {JSON: {"schema": route.body}}}
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "failover",
+            "version": __version__,
+            "description": "Event-driven failover orchestrator. With `api.tokens` configured every route "
+            "but /healthz, /readyz and /metrics needs a bearer token of at least the viewer role.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an `api.tokens` token"},
+                "accessToken": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "access_token",
+                    "description": "the same token, for browsers (EventSource, page loads)",
+                },
+            },
+        },
+    }

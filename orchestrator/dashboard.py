@@ -1,0 +1,79 @@
+"""The dashboard (`GET /`): one server-rendered page, no build step and nothing loaded from elsewhere.
+
+The server renders the page from the same views the API serves (`/api/v1/status`, `/api/v1/clusters`,
+`/api/v1/runs`), so it is useful without JavaScript. A few lines of script keep it live: on every
+server-sent event from `/api/v1/events` (and every few seconds, since a cluster's first sighting emits no
+event) they re-fetch those views and re-render with DOM text nodes only. Jinja2 autoescapes the server
+side, so nothing a cluster label, a run error or a bus message says can become markup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import jinja2
+
+ACTIVE = ("running", "delayed")
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("orchestrator", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["ts"] = short_time
+    return env
+
+
+def short_time(value: str | None) -> str:
+    """`2026-01-01T12:00:01.123Z` -> `2026-01-01 12:00:01Z` (the script formats the same way)."""
+    if not value:
+        return ""
+    text = value.replace("T", " ")
+    head, dot, _fraction = text.partition(".")
+    return f"{head}Z" if dot and text.endswith("Z") else text
+
+
+def render(
+    *,
+    status: Mapping[str, Any],
+    clusters: Mapping[str, Any],
+    runs: Sequence[Mapping[str, Any]],
+    nonce: str,
+) -> str:
+    """The whole page. `nonce` goes on the inline script and style (the CSP allows nothing else)."""
+    active_ids = set(status.get("active_runs", {}).values())
+    active = [r for r in runs if r.get("status") in ACTIVE or r.get("id") in active_ids]
+    recent = [r for r in runs if r not in active]
+    by_id = {str(r.get("id")): r for r in runs}
+    approvals = [{"id": run_id, "run": by_id.get(run_id)} for run_id in status.get("waiting_approval", [])]
+    view = {
+        "ready": bool(status.get("ready")),
+        "frozen": bool(status.get("frozen")),
+        "suspect_vantages": list(status.get("suspect_vantages", [])),
+        "paused": list(status.get("paused", [])),
+    }
+    return (
+        _environment()
+        .get_template("dashboard.html")
+        .render(
+            status=view,
+            clusters=clusters.get("clusters", []),
+            unreadable=clusters.get("unreadable_balancers", []),
+            active=active,
+            recent=recent,
+            approvals=approvals,
+            nonce=nonce,
+        )
+    )
+
+
+def refusal_page(status: int, message: str) -> str:
+    """A short page for a refused page load: what went wrong and how to pass a token."""
+    return _environment().get_template("refused.html").render(status=status, message=message)
