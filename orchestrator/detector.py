@@ -96,6 +96,8 @@ class Track:
     """Receipt time of the first report of the current failing streak."""
     ok_since: float | None = None
     """Receipt time of the first report of the current passing streak."""
+    crossed_at: float | None = None
+    """Receipt time of the report that took the failing streak to `failure_threshold`."""
     latency_ms: float = 0.0
     detail: str = ""
 
@@ -293,6 +295,7 @@ def _record(state: DetectorState, report: HealthReport, now: float) -> bool | No
     track.latency_ms = report.latency_ms
     track.detail = report.detail
     if report.ok:
+        track.crossed_at = None
         if track.consecutive_ok == 0:
             track.ok_since = now
         track.consecutive_ok += 1
@@ -304,6 +307,8 @@ def _record(state: DetectorState, report: HealthReport, now: float) -> bool | No
         track.consecutive_fail += 1
         track.consecutive_ok = 0
         track.ok_since = None
+        if track.consecutive_fail == state.settings.failure_threshold:
+            track.crossed_at = now
     if counts_for_guard and was_failing == report.ok:  # started or stopped failing
         _count_failing(state, vantage, report.cluster, -1 if report.ok else 1)
         return True
@@ -496,6 +501,10 @@ def _evaluate(state: DetectorState, cluster: ClusterState, now: float, out: list
         )
         return
 
+    if failing and not degrading and not _contradicted(cluster, failing, fresh, specs):
+        # below quorum, but the other vantages have not reported since: one round's reports are still in
+        # flight. Deciding `degraded` now would page for a failure that becomes `failed` a moment later.
+        return
     if failing or degrading:
         cluster.healthy_since = None
         parts = []
@@ -507,6 +516,32 @@ def _evaluate(state: DetectorState, cluster: ClusterState, now: float, out: list
         return
 
     _maybe_recover(state, cluster, healthy_vantages, False, quorum, evidence, now, out)
+
+
+def _contradicted(
+    cluster: ClusterState,
+    failing: dict[str, Any],
+    fresh: dict[str, list[tuple[str, Track]]],
+    specs: dict[str, ProbeSpec],
+) -> bool:
+    """Whether a below-quorum failure is a disagreement (degraded) and not a round whose reports are still
+    in flight: a fresh vantage that does not see the failure has reported since the failing ones crossed
+    their threshold, or there is no other fresh vantage to wait for."""
+    crossed = [
+        track.crossed_at
+        for vantage in failing
+        for probe, track in fresh[vantage]
+        if track.crossed_at is not None and specs[probe].impact == "fail"
+    ]
+    if not crossed:
+        return True
+    latest = max(crossed)
+    others = [
+        track for vantage, tracks in fresh.items() if vantage not in failing for _probe, track in tracks
+    ]
+    # nobody else fresh: no report is in flight, the disagreement (with silence) is all there is;
+    # otherwise wait, at most one interval, until another vantage has reported since the crossing
+    return not others or any(track.received_at > latest for track in others)
 
 
 def _guard_holds(state: DetectorState, cluster: ClusterState, now: float, out: list[Output]) -> bool:
