@@ -47,6 +47,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.models import AuditRecord, rfc3339
 from orchestrator.playbooks.approvals import ROLES
 from orchestrator.playbooks.journal import BusJournal
+from orchestrator.state_store import PAUSE_ALL, PAUSE_CLUSTER_PREFIX, pause_in_force
 
 log = structlog.get_logger(__name__)
 
@@ -393,17 +394,17 @@ class _Handlers:
             return []
         now = time.time()
         out = []
-        for key, found in sorted((await Bus.kv_items(bus.kv.state, "pause")).items()):
-            if key != "pause" and not key.startswith("pause.cluster."):
+        for key, found in sorted((await Bus.kv_items(bus.kv.state, PAUSE_ALL)).items()):
+            if key != PAUSE_ALL and not key.startswith(PAUSE_CLUSTER_PREFIX):
                 continue
-            value = found if isinstance(found, dict) else {}
-            until = value.get("until")
-            if isinstance(until, int | float) and until <= now:
+            if not pause_in_force(found, now):
                 continue  # expired: automation runs again
+            value = found
+            until = value.get("until")
             at = value.get("at")
             out.append(
                 {
-                    "scope": "all" if key == "pause" else key.removeprefix("pause.cluster."),
+                    "scope": "all" if key == PAUSE_ALL else key.removeprefix(PAUSE_CLUSTER_PREFIX),
                     "by": _opt_str(value.get("by")),
                     "since": rfc3339(at) if isinstance(at, int | float) else None,
                     "until": rfc3339(until) if isinstance(until, int | float) else None,

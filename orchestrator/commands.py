@@ -27,7 +27,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.models import AuditRecord, rfc3339
 from orchestrator.playbooks.approvals import ROLES, ApprovalBook
 from orchestrator.playbooks.runner import Runner
-from orchestrator.state_store import StateStore
+from orchestrator.state_store import PAUSE_ALL, StateStore, pause_key
 
 log = structlog.get_logger(__name__)
 
@@ -268,18 +268,14 @@ class Commands:
                 until = time.time() + parse_duration(args["for"])
             except ValueError as e:
                 raise CommandError(str(e)) from None
-        key = "pause"
-        if args.get("cluster"):
-            key = f"pause.cluster.{self._cluster_arg(args)}"
+        key = pause_key(self._cluster_arg(args) if args.get("cluster") else None)
         await self.store.put(key, {"by": caller.actor, "at": time.time(), "until": until})
         return {"paused": key, "until": rfc3339(until) if until else None}
 
     async def _resume(self, caller: Caller, args: dict[str, Any]) -> Any:
-        key = "pause"
-        if args.get("cluster"):
-            key = f"pause.cluster.{self._cluster_arg(args)}"
+        key = pause_key(self._cluster_arg(args) if args.get("cluster") else None)
         await Bus.kv_delete(self.bus.kv.state, key)
-        if key == "pause":
+        if key == PAUSE_ALL:
             await self.resume_detector(caller.actor)  # also lifts an observer-guard freeze
         return {"resumed": key}
 

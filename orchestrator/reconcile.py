@@ -12,7 +12,6 @@ Re-assertions go through the same actuators, so `min_healthy_clusters` still hol
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -63,14 +62,6 @@ class Reconciler:
                 await self.reconcile_once()
             except OrchestratorError as e:
                 log.warning("reconcile.failed", error=str(e))
-
-    async def _paused(self, cluster: str) -> bool:
-        now = time.time()
-        for key in ("pause", f"pause.cluster.{cluster}"):
-            value = await self.store.get(key)
-            if value and (value.get("until") is None or float(value["until"]) > now):
-                return True
-        return False
 
     async def reconcile_once(self) -> list[dict[str, Any]]:
         """One pass; returns the drifts found (for tests and the API)."""
@@ -147,7 +138,7 @@ class Reconciler:
         if self.busy(cluster):
             drift["reasserted"] = False
             drift["why"] = "a run is working on this cluster"
-        elif await self._paused(cluster):
+        elif await self.store.pause_for(cluster) is not None:
             drift["reasserted"] = False
             drift["why"] = "automation is paused"
         else:

@@ -6,9 +6,26 @@ overwrite the real original with 0; they are deleted only after a verified resto
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from orchestrator.bus import Bus
+
+PAUSE_ALL = "pause"
+PAUSE_CLUSTER_PREFIX = "pause.cluster."
+
+
+def pause_key(cluster: str | None) -> str:
+    """`pause` (all automation) or `pause.cluster.<c>`."""
+    return f"{PAUSE_CLUSTER_PREFIX}{cluster}" if cluster else PAUSE_ALL
+
+
+def pause_in_force(value: Any, now: float) -> bool:
+    """A pause record holds until its `until` (None: until resumed)."""
+    if not isinstance(value, dict):
+        return False
+    until = value.get("until")
+    return until is None or float(until) > now
 
 
 class StateStore:
@@ -43,6 +60,15 @@ class StateStore:
 
     async def items(self, prefix: str) -> dict[str, Any]:
         return await Bus.kv_items(self._kv, prefix)
+
+    async def pause_for(self, cluster: str | None) -> tuple[str, dict[str, Any]] | None:
+        """The pause in force for `cluster` (the global one first), as (key, record), or None."""
+        now = time.time()
+        for key in (pause_key(None), *([pause_key(cluster)] if cluster else [])):
+            value = await self.get(key)
+            if pause_in_force(value, now):
+                return key, value
+        return None
 
     async def create_if_absent(self, key: str, value: Any) -> bool:
         """kv.create: False when the key exists (an original already recorded is never overwritten)."""

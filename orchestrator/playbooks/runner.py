@@ -34,7 +34,7 @@ from orchestrator.playbooks.journal import Fenced, Journal
 from orchestrator.playbooks.loader import LoadedPlaybook
 from orchestrator.playbooks.model import Playbook
 from orchestrator.playbooks.plan import render_plan
-from orchestrator.state_store import StateStore
+from orchestrator.state_store import PAUSE_ALL, StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -278,18 +278,14 @@ class Runner:
     async def _paused(self, run: Run) -> str | None:
         if self.store is None or run.force:
             return None
-        now = time.time()
-        keys = ["pause"]
         cluster = run.event.get("cluster")
-        if isinstance(cluster, str):
-            keys.append(f"pause.cluster.{cluster}")
-        for key in keys:
-            value = await self.store.get(key)
-            if value and (value.get("until") is None or float(value["until"]) > now):
-                scope = "automation" if key == "pause" else f"automation for {cluster}"
-                until = f" until {rfc3339(float(value['until']))}" if value.get("until") else ""
-                return f"{scope} paused by {value.get('by', 'someone')}{until}"
-        return None
+        found = await self.store.pause_for(cluster if isinstance(cluster, str) else None)
+        if found is None:
+            return None
+        key, value = found
+        scope = "automation" if key == PAUSE_ALL else f"automation for {cluster}"
+        until = f" until {rfc3339(float(value['until']))}" if value.get("until") else ""
+        return f"{scope} paused by {value.get('by', 'someone')}{until}"
 
     async def _block(self, run: Run, rule: str, reason: str) -> None:
         assert run.record is not None
