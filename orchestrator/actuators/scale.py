@@ -15,7 +15,7 @@ Under an HPA we never fight the autoscaler over spec.replicas: we raise `minRepl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,16 +152,25 @@ class ScaleActuator:
         await self.store.put(w.key, record)
         return change
 
-    async def _apply(self, w: Workload, target: int, current: Current, conflicts: int = 3) -> ScaleChange:
-        """Write an absolute target with the resourceVersion just read. A 409 (most often the workload's
-        controller updating status in between) is answered by reading again and writing the same
-        target, a bounded number of times."""
+    async def _apply(self, w: Workload, target: int, current: Current) -> ScaleChange:
+        return await self._conflict_retry(w, current, lambda now: self._write(w, target, now))
+
+    async def _conflict_retry(
+        self,
+        w: Workload,
+        current: Current,
+        write: Callable[[Current], Awaitable[ScaleChange]],
+        conflicts: int = 3,
+    ) -> ScaleChange:
+        """Write with the resourceVersion just read. A 409 (most often the workload's controller updating
+        status in between) is answered by reading again and writing the same absolute values, a bounded
+        number of times."""
         for _ in range(conflicts):
             try:
-                return await self._write(w, target, current)
+                return await write(current)
             except ConflictError:
                 current = await self.read(w)
-        return await self._write(w, target, current)
+        return await write(current)
 
     async def _write(self, w: Workload, target: int, current: Current) -> ScaleChange:
         self.fence()
@@ -190,7 +199,8 @@ class ScaleActuator:
         return await self._apply(w, target, current)
 
     async def plan_restore(self, w: Workload, max_replicas: int | None = None) -> dict[str, Any]:
-        """What `restore` would do, read-only: {current, record, target (None: nothing), reason, drift}."""
+        """What `restore` would do, read-only: {current, record, baseline, target (None: nothing),
+        restore_baseline, reason, drift}."""
         record = await self.record(w)
         current = await self.read(w)
         plan: dict[str, Any] = {
@@ -199,6 +209,7 @@ class ScaleActuator:
             "target": None,
             "drift": None,
             "baseline": int(record["replicas"]) if record else current.effective,
+            "restore_baseline": False,
         }
         if record is not None and record.get("set") is not None and current.effective != int(record["set"]):
             plan["drift"] = f"expected {record['set']} (ours), found {current.effective}; left as it is"
@@ -210,6 +221,7 @@ class ScaleActuator:
                 plan["reason"] = "nothing to restore: no scale-out was recorded"
             else:
                 plan["target"] = int(record["hpa"]["min"]) if record.get("hpa") else int(record["replicas"])
+                plan["restore_baseline"] = True
                 plan["reason"] = "every cluster serves again: baseline restored, record deleted"
             return plan
         if surviving <= 0:
@@ -247,8 +259,7 @@ class ScaleActuator:
             )
         if plan["target"] is None:
             return None, str(plan["reason"])
-        total, surviving = self.weights(())
-        if surviving == total:
+        if plan["restore_baseline"]:  # decided with the plan: the cluster states are read once
             change = await self._restore_baseline(w, record, current)
             await self.store.delete(w.key)
             return change, str(plan["reason"])
@@ -260,12 +271,7 @@ class ScaleActuator:
         return change, str(plan["reason"])
 
     async def _restore_baseline(self, w: Workload, record: dict[str, Any], current: Current) -> ScaleChange:
-        for _ in range(3):
-            try:
-                return await self._write_baseline(w, record, current)
-            except ConflictError:
-                current = await self.read(w)
-        return await self._write_baseline(w, record, current)
+        return await self._conflict_retry(w, current, lambda now: self._write_baseline(w, record, now))
 
     async def _write_baseline(self, w: Workload, record: dict[str, Any], current: Current) -> ScaleChange:
         self.fence()
