@@ -365,21 +365,26 @@ class Bus:
             raise TemporaryError(f"KV write {key} timed out") from e
 
     @staticmethod
-    async def kv_items(kv: KeyValue, prefix: str) -> dict[str, Any]:
-        """Every live key under `prefix` (dot-separated, e.g. `cluster.`) with its JSON value."""
+    async def kv_entries(kv: KeyValue, prefix: str) -> dict[str, tuple[Any, int]]:
+        """Every live key under `prefix` (dot-separated, e.g. `cluster.`) with its JSON value and revision."""
         try:
             keys = await kv.keys()
         except nats.js.errors.NoKeysError:
             return {}
         except nats.errors.TimeoutError as e:
             raise TemporaryError("KV keys timed out") from e
-        out: dict[str, Any] = {}
+        out: dict[str, tuple[Any, int]] = {}
         for key in keys:
             if key.startswith(prefix):
                 found = await Bus.kv_get(kv, key)
                 if found is not None:
-                    out[key] = found[0]
+                    out[key] = found
         return out
+
+    @staticmethod
+    async def kv_items(kv: KeyValue, prefix: str) -> dict[str, Any]:
+        """Every live key under `prefix` with its JSON value."""
+        return {key: value for key, (value, _revision) in (await Bus.kv_entries(kv, prefix)).items()}
 
     @staticmethod
     async def kv_delete(kv: KeyValue, key: str) -> None:

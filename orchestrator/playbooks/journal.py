@@ -68,10 +68,10 @@ class BusJournal:
     async def unfinished(self) -> list[dict[str, Any]]:
         """Runs a previous process left unfinished; adopting them (with their revision) for resume."""
         out = []
-        for key in sorted(await Bus.kv_items(self.bus.kv.runs, "run.")):
-            record = await self.load(key.removeprefix("run."))
-            if record is not None and record.get("status") in UNFINISHED:
-                out.append(record)
+        for key, (record, revision) in (await Bus.kv_entries(self.bus.kv.runs, "run.")).items():
+            if record.get("status") in UNFINISHED:  # one read per run: the value and the revision we adopt
+                self._revisions[key.removeprefix("run.")] = revision
+                out.append(dict(record))
         return sorted(out, key=lambda r: str(r.get("created_at", "")))
 
     async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
