@@ -4,6 +4,7 @@ HAProxy, and a config writer, all on loopback."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections import Counter
@@ -150,12 +151,14 @@ def write_config(
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[bool]], timeout_s: float, what: str, poll_s: float = 0.02
+    check: Callable[[], Awaitable[bool] | bool], timeout_s: float, what: str, poll_s: float = 0.02
 ) -> float:
-    """Poll `check` until true; return the seconds it took. Bounded: raises AssertionError at the limit."""
+    """Poll `check` (a plain or an async predicate) until true; return the seconds it took. Bounded:
+    raises AssertionError at the limit."""
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
-        if await check():
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
             return time.monotonic() - start
         await asyncio.sleep(poll_s)
     raise AssertionError(f"{what} did not happen within {timeout_s}s")

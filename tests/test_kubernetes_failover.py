@@ -159,7 +159,7 @@ async def test_capacity_follows_failures_and_recoveries(nats_server: EmbeddedNat
                 return weights(kube) == expected_weights and replicas(kube) == expected_replicas
 
             await apps["eu-west"].stop()
-            await wait_for(lambda: _true(weights(kube)["eu-west"] == 0), 5, "eu-west drained")
+            await wait_for(lambda: weights(kube)["eu-west"] == 0, 5, "eu-west drained")
             await wait_for(
                 lambda: state(
                     {"eu-west": 0, "us-east": 100, "ap-south": 100},
@@ -174,10 +174,8 @@ async def test_capacity_follows_failures_and_recoveries(nats_server: EmbeddedNat
             route["spec"]["rules"][0]["backendRefs"][0]["weight"] = 100
             kube["edge"].put_object(route)
             assert weights(kube)["eu-west"] == 100
-            await wait_for(lambda: _true(weights(kube)["eu-west"] == 0), 5, "the drain re-asserted")
-            await wait_for(
-                lambda: _true(any(e["type"] == "drift.detected" for e in system)), 5, "drift.detected"
-            )
+            await wait_for(lambda: weights(kube)["eu-west"] == 0, 5, "the drain re-asserted")
+            await wait_for(lambda: any(e["type"] == "drift.detected" for e in system), 5, "drift.detected")
             drift = next(e for e in system if e["type"] == "drift.detected")["detail"]
             assert (drift["balancer"], drift["cluster"], drift["found"], drift["reasserted"]) == (
                 "edge",
@@ -230,7 +228,3 @@ async def test_capacity_follows_failures_and_recoveries(nats_server: EmbeddedNat
 async def _all(daemon: Daemon, status: str) -> bool:
     assert daemon.detection is not None
     return set(daemon.detection.cluster_view().values()) == {status}
-
-
-async def _true(value: bool) -> bool:
-    return value

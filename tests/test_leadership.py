@@ -145,10 +145,6 @@ async def pair(tmp_path: Path, nats: EmbeddedNats, haproxy_binary: str) -> Async
             await counter.stop()
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def _ready(r: Replica) -> bool:
     return bool((await r.readyz()).get("ready"))
 

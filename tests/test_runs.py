@@ -278,7 +278,7 @@ on_failure:
         assert record["status"] == "succeeded"
         assert record["steps"]["ask"]["result"]["by"] == "alice"
         assert (await e.fleet.weights())["us-east"] == 0
-        await wait_for(lambda: _true(len(e.audit) >= 4), 5, "audit records")
+        await wait_for(lambda: len(e.audit) >= 4, 5, "audit records")
         assert [(a["actor"], a["command"], a["result"][:5]) for a in e.audit] == [
             ("unauthenticated", "approve", "error"),
             ("carol", "approve", "error"),
@@ -288,18 +288,12 @@ on_failure:
         assert not any(t in json.dumps(e.audit) for t in ("alice-token", "bob-token", "carol-token"))
 
         second = await e.runner.submit(loaded, {"type": "manual", "cluster": "eu-west"})
-        await wait_for(lambda: _true(second in e.services.approvals.pending()), 5, "second approval")
+        await wait_for(lambda: second in e.services.approvals.pending(), 5, "second approval")
         assert (await e.command("deny", "alice-token", run=second))["ok"]
         record = await e.finished(second)
         assert record["status"] == "failed" and "denied by alice" in record["error"]
         assert (await e.fleet.weights())["eu-west"] == 100
-        await wait_for(
-            lambda: _true(any("denied by alice" in n["summary"] for n in e.hook.received)), 5, "page"
-        )
-
-
-async def _true(value: bool) -> bool:
-    return value
+        await wait_for(lambda: any("denied by alice" in n["summary"] for n in e.hook.received), 5, "page")
 
 
 async def test_approval_timeout_proceeds_or_aborts(
@@ -369,7 +363,7 @@ async def test_pause_blocks_runs_and_a_blocked_drain_pages(
         record = await e.finished(run_id)
         assert record["status"] == "blocked" and "paused by alice" in record["error"]
         assert (await e.fleet.weights())["us-east"] == 100
-        await wait_for(lambda: _true(any("NOT drained" in n["summary"] for n in e.hook.received)), 5, "page")
+        await wait_for(lambda: any("NOT drained" in n["summary"] for n in e.hook.received), 5, "page")
         assert (await e.command("resume", "alice-token", cluster="us-east"))["ok"]
         [again] = await e.event("cluster.failed", "us-east")
         assert (await e.finished(again))["status"] == "succeeded"
@@ -479,7 +473,7 @@ steps:
         assert record["status"] == "succeeded", record
         assert record["steps"]["ready"]["result"]["polls"] >= 3
         assert e.hook.rejected == 1  # the http action sends no signature: the receiver refused it (401)
-        await wait_for(lambda: _true(bool(got)), 5, "the NATS message")
+        await wait_for(lambda: bool(got), 5, "the NATS message")
         assert json.loads(got[0]) == {
             "cluster": "ap-south",
             "status": 401,
