@@ -69,7 +69,6 @@ class Commands:
         runner: Runner,
         store: StateStore,
         approvals: ApprovalBook,
-        cluster_states: Callable[[], dict[str, str]],
         resume_detector: Callable[[str], Awaitable[None]],
         status: Callable[[], dict[str, Any]],
         is_leader: Callable[[], bool] = lambda: True,
@@ -80,7 +79,6 @@ class Commands:
         self.runner = runner
         self.store = store
         self.approvals = approvals
-        self.cluster_states = cluster_states
         self.resume_detector = resume_detector
         self.status = status
         self._subscription: Any = None
@@ -204,16 +202,7 @@ class Commands:
         return self.status()
 
     async def _clusters(self, caller: Caller, args: dict[str, Any]) -> Any:
-        states = self.cluster_states()
-        return [
-            {
-                "name": c.name,
-                "state": states.get(c.name, "unknown"),
-                "labels": dict(c.labels),
-                "weight": c.weight,
-            }
-            for c in self.config.clusters
-        ]
+        return self.runner.clusters()  # the view playbook templates see: name, state, labels, weight
 
     async def _runs(self, caller: Caller, args: dict[str, Any]) -> Any:
         recent = await self.runner.journal.recent(int(args.get("limit", 20)))  # type: ignore[attr-defined]

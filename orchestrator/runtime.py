@@ -192,7 +192,6 @@ class Daemon:
                 runner,
                 store,
                 self.approvals,
-                states,
                 detection.resume,
                 self.status,
                 is_leader=lambda: leadership.is_leader,

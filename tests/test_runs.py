@@ -135,7 +135,7 @@ async def engine(
         async def resume(actor: str) -> None:
             return None
 
-        commands = Commands(config, bus, runner, store, approvals, lambda: dict(states), resume, lambda: {})
+        commands = Commands(config, bus, runner, store, approvals, resume, lambda: {})
         await commands.serve_nats()
         e = Engine(config, bus, runner, journal, f, hook, counter, states, store, services, commands)
 
