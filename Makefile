@@ -19,6 +19,7 @@ lint: install
 	$(BIN)/ruff check orchestrator tests bench chaos
 	$(BIN)/ruff format --check orchestrator tests bench chaos
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix orchestrator tests bench chaos

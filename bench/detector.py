@@ -29,9 +29,9 @@ from typing import Any
 
 import nats
 
-from orchestrator.bus import EmbeddedNats, free_port
-from orchestrator.detector import ClusterState, DetectorState, ProbeSpec, Settings, transition
-from orchestrator.models import HealthReport
+from orchestrator.bus.client import EmbeddedNats, free_port
+from orchestrator.core.models import HealthReport
+from orchestrator.detection.machine import ClusterState, DetectorState, ProbeSpec, Settings, transition
 
 VANTAGES = ("v1", "v2", "v3")
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator import logs, subjects
-from orchestrator.bus import free_port
-from orchestrator.config import load_config
-from orchestrator.models import HealthReport
-from orchestrator.runtime import Daemon
+from orchestrator.bus.client import free_port
+from orchestrator.core import logs, subjects
+from orchestrator.core.config import load_config
+from orchestrator.core.models import HealthReport
+from orchestrator.runtime.daemon import Daemon
 from orchestrator.sandbox.app import AppServer
 from orchestrator.sandbox.haproxy import HAProxyProcess
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from orchestrator.bus import Bus, EmbeddedNats, find_nats_server
-from orchestrator.config import NatsConfig
-from orchestrator.errors import PermanentError
+from orchestrator.bus.client import Bus, EmbeddedNats, find_nats_server
+from orchestrator.core.config import NatsConfig
+from orchestrator.core.errors import PermanentError
 from orchestrator.sandbox.haproxy import find_haproxy
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

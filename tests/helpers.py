@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from orchestrator import signing
 from orchestrator.actuators.haproxy import HAProxyAdmin
-from orchestrator.bus import free_port
+from orchestrator.bus.client import free_port
+from orchestrator.core import signing
 from orchestrator.sandbox.app import AppServer
 from orchestrator.sandbox.haproxy import HAProxyProcess
 

@@ -20,8 +20,7 @@ import pytest
 import structlog
 from openapi_spec_validator import validate
 
-from orchestrator import subjects
-from orchestrator.api import (
+from orchestrator.api.server import (
     ApiContext,
     ApiServer,
     ClientQueue,
@@ -32,11 +31,12 @@ from orchestrator.api import (
     run_summary,
     sse_frame,
 )
-from orchestrator.bus import Bus, EmbeddedNats
-from orchestrator.config import load_config
-from orchestrator.metrics import Metrics
+from orchestrator.bus.client import Bus, EmbeddedNats
+from orchestrator.core import subjects
+from orchestrator.core.config import load_config
+from orchestrator.core.metrics import Metrics
 from orchestrator.playbooks.journal import BusJournal
-from orchestrator.runtime import Daemon
+from orchestrator.runtime.daemon import Daemon
 from tests.helpers import Fleet, fleet, hook_receiver, wait_for, write_config
 from tests.test_daemon import all_healthy, collect, running
 

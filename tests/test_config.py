@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.durations import format_duration, parse_duration
-from orchestrator.errors import ValidationFailed
+from orchestrator.core.config import load_config
+from orchestrator.core.durations import format_duration, parse_duration
+from orchestrator.core.errors import ValidationFailed
 
 GOOD = """\
 nats: {url: "nats://127.0.0.1:4222"}

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator import subjects
-from orchestrator.bus import Bus, EmbeddedNats
-from orchestrator.config import NatsConfig
+from orchestrator.bus.client import Bus, EmbeddedNats
+from orchestrator.core import subjects
+from orchestrator.core.config import NatsConfig
 from tests.helpers import AdminCounter, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(90)

@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator import subjects
-from orchestrator.bus import Bus, EmbeddedNats
-from orchestrator.config import NatsConfig, load_config
+from orchestrator.bus.client import Bus, EmbeddedNats
+from orchestrator.core import subjects
+from orchestrator.core.config import NatsConfig, load_config
 from orchestrator.playbooks.actions import REGISTRY
-from orchestrator.runtime import Daemon
+from orchestrator.runtime.daemon import Daemon
 from tests.helpers import SHORT_DETECTION, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(90)
@@ -464,8 +464,8 @@ async def test_spoofed_events_on_the_bus_start_nothing_and_metrics_show_real_one
 async def test_nats_token_auth_from_the_config(nats_binary: str, tmp_path: Path) -> None:
     import subprocess
 
-    from orchestrator.bus import free_port
-    from orchestrator.errors import TemporaryError
+    from orchestrator.bus.client import free_port
+    from orchestrator.core.errors import TemporaryError
 
     port = free_port()
     proc = subprocess.Popen(

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.detector import (
+from orchestrator.core.models import HealthReport
+from orchestrator.detection.machine import (
     ClusterState,
     DetectorState,
     Output,
@@ -25,7 +26,6 @@ from orchestrator.detector import (
     snapshot,
     transition,
 )
-from orchestrator.models import HealthReport
 
 T0 = 1_700_000_000.0
 CLUSTERS = ("a", "b", "c")

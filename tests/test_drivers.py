@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from orchestrator import signing
 from orchestrator.actuators.base import Balancer
 from orchestrator.actuators.gateway_api import GatewayApiBalancer
 from orchestrator.actuators.haproxy import HAProxyBalancer
@@ -24,9 +23,10 @@ from orchestrator.actuators.istio import ANNOTATION, IstioBalancer, split_percen
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.actuators.smi import SmiBalancer
 from orchestrator.actuators.webhook import WebhookBalancer
-from orchestrator.bus import free_port
-from orchestrator.config import IMPLEMENTED_LB_DRIVERS, LoadBalancerConfig
-from orchestrator.errors import PermanentError, TemporaryError
+from orchestrator.bus.client import free_port
+from orchestrator.core import signing
+from orchestrator.core.config import IMPLEMENTED_LB_DRIVERS, LoadBalancerConfig
+from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.sandbox.kubeapi import KubeApiServer, write_kubeconfig
 
 pytestmark = pytest.mark.timeout(60)

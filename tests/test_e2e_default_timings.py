@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from orchestrator.bus import free_port
+from orchestrator.bus.client import free_port
 from tests.helpers import HOOK_SECRET, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]

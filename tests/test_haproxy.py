@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from orchestrator.actuators.haproxy import HAProxyAdmin, HAProxyBalancer
-from orchestrator.config import LoadBalancerConfig
-from orchestrator.errors import PermanentError, TemporaryError
+from orchestrator.core.config import LoadBalancerConfig
+from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.sandbox.haproxy import HAProxyError, HAProxyProcess, free_port
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,4 +1,4 @@
-"""orchestrator.kube against two sandbox API servers through one generated kubeconfig with two contexts:
+"""kube.client against two sandbox API servers through one generated kubeconfig with two contexts:
 client caching, readyz, scale with fencing, error mapping, custom-object patches, HPAs, waiting for a
 rollout."""
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import KubernetesRef
-from orchestrator.errors import PermanentError, TemporaryError
-from orchestrator.kube import ConflictError, KubeClients, KubeCluster, NotReadyError, rollout_status
+from orchestrator.core.config import KubernetesRef
+from orchestrator.core.errors import PermanentError, TemporaryError
+from orchestrator.kube.client import ConflictError, KubeClients, KubeCluster, NotReadyError, rollout_status
 from orchestrator.sandbox.kubeapi import KubeApiServer, write_kubeconfig
 
 pytestmark = pytest.mark.timeout(60)

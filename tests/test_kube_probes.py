@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import Config
-from orchestrator.models import HealthReport
+from orchestrator.core.config import Config
+from orchestrator.core.models import HealthReport
 from orchestrator.probes.prober import Prober
 from orchestrator.sandbox.kubeapi import KubeApiServer, write_kubeconfig
 

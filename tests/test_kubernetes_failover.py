@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.bus import EmbeddedNats, free_port
-from orchestrator.config import load_config
-from orchestrator.runtime import Daemon
+from orchestrator.bus.client import EmbeddedNats, free_port
+from orchestrator.core.config import load_config
+from orchestrator.runtime.daemon import Daemon
 from orchestrator.sandbox.app import AppServer
 from orchestrator.sandbox.kubeapi import KubeApiServer, write_kubeconfig
 from tests.helpers import HOOK_SECRET, hook_receiver, wait_for

@@ -19,11 +19,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator import subjects
-from orchestrator.bus import Bus, EmbeddedNats, free_port
-from orchestrator.config import NatsConfig
-from orchestrator.errors import PermanentError
-from orchestrator.leader import StateDirLock
+from orchestrator.bus.client import Bus, EmbeddedNats, free_port
+from orchestrator.bus.leadership import StateDirLock
+from orchestrator.core import subjects
+from orchestrator.core.config import NatsConfig
+from orchestrator.core.errors import PermanentError
 from tests.helpers import AdminCounter, HookReceiver, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(120)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from orchestrator import signing
-from orchestrator.config import NotifierConfig
-from orchestrator.errors import PermanentError, TemporaryError
+from orchestrator.core import signing
+from orchestrator.core.config import NotifierConfig
+from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.notifiers import Notification, build_notifier
 from tests.helpers import HOOK_SECRET, hook_receiver
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Config
-from orchestrator.errors import ValidationFailed
+from orchestrator.core.config import Config
+from orchestrator.core.errors import ValidationFailed
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.loader import load_playbook, load_playbooks
 
@@ -194,8 +194,8 @@ def test_every_example_playbook_is_planned_without_touching_haproxy(
 def test_plan_refuses_what_the_guard_would_refuse(haproxy_binary: str, tmp_path: Path) -> None:
     import asyncio
 
-    from orchestrator.config import load_config
-    from orchestrator.dryrun import plan
+    from orchestrator.core.config import load_config
+    from orchestrator.runtime.dryrun import plan
     from tests.helpers import fleet, write_config
 
     async def scenario() -> list[str]:

@@ -15,19 +15,19 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator import subjects
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
-from orchestrator.bus import Bus, EmbeddedNats
-from orchestrator.commands import Commands
-from orchestrator.config import Config, NatsConfig, load_config
+from orchestrator.api.commands import Commands
+from orchestrator.bus.client import Bus, EmbeddedNats
+from orchestrator.bus.state import StateStore
+from orchestrator.core import subjects
+from orchestrator.core.config import Config, NatsConfig, load_config
 from orchestrator.notifiers import build_notifier
 from orchestrator.playbooks.actions import Services
 from orchestrator.playbooks.approvals import ApprovalBook
 from orchestrator.playbooks.journal import BusJournal
 from orchestrator.playbooks.loader import load_playbooks
 from orchestrator.playbooks.runner import Runner
-from orchestrator.state_store import StateStore
 from tests.helpers import AdminCounter, Fleet, HookReceiver, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -481,7 +481,7 @@ steps:
 
 
 def test_nats_publish_refuses_our_own_subjects(tmp_path: Path) -> None:
-    from orchestrator.errors import ValidationFailed
+    from orchestrator.core.errors import ValidationFailed
 
     (tmp_path / "p.yaml").write_text("""name: spoof
 on: {event: manual}

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 
 from orchestrator.actuators.scale import ScaleActuator, Workload
-from orchestrator.bus import Bus
-from orchestrator.config import Config
-from orchestrator.errors import PermanentError
-from orchestrator.kube import KubeClients
+from orchestrator.bus.client import Bus
+from orchestrator.bus.state import StateStore
+from orchestrator.core.config import Config
+from orchestrator.core.errors import PermanentError
+from orchestrator.kube.client import KubeClients
 from orchestrator.playbooks.actions import Services
 from orchestrator.playbooks.journal import BusJournal
 from orchestrator.playbooks.loader import load_playbooks
 from orchestrator.playbooks.runner import Runner
 from orchestrator.sandbox.kubeapi import KubeApiServer, write_kubeconfig
-from orchestrator.state_store import StateStore
 
 pytestmark = pytest.mark.timeout(60)
 CLUSTERS = ("eu-west", "us-east", "ap-south")

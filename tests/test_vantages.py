@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator import subjects
-from orchestrator.bus import Bus, EmbeddedNats, free_port
-from orchestrator.config import NatsConfig, load_config
+from orchestrator.bus.client import Bus, EmbeddedNats, free_port
+from orchestrator.core import subjects
+from orchestrator.core.config import NatsConfig, load_config
 from orchestrator.probes.prober import Prober
-from orchestrator.runtime import Daemon
+from orchestrator.runtime.daemon import Daemon
 from orchestrator.sandbox.proxy import TcpProxy
 from tests.helpers import Fleet, fleet, hook_receiver, wait_for, write_config
 

@@ -18,8 +18,8 @@ from orchestrator.actuators.kube_lb import (
     find_entries,
     stored_weight,
 )
-from orchestrator.config import KubernetesRef, LoadBalancerConfig
-from orchestrator.errors import PermanentError
+from orchestrator.core.config import KubernetesRef, LoadBalancerConfig
+from orchestrator.core.errors import PermanentError
 
 
 class GatewayApiBalancer(KubeObjectBalancer):

@@ -19,8 +19,8 @@ from typing import TypeVar
 import structlog
 
 from orchestrator.actuators.base import Balancer, Term
-from orchestrator.config import LoadBalancerConfig
-from orchestrator.errors import OrchestratorError, PermanentError, TemporaryError
+from orchestrator.core.config import LoadBalancerConfig
+from orchestrator.core.errors import OrchestratorError, PermanentError, TemporaryError
 
 log = structlog.get_logger(__name__)
 

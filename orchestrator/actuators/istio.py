@@ -27,8 +27,8 @@ from typing import Any
 
 from orchestrator.actuators.base import Term
 from orchestrator.actuators.kube_lb import KubeObjectBalancer, check_int, find_entries
-from orchestrator.config import KubernetesRef, LoadBalancerConfig
-from orchestrator.errors import PermanentError
+from orchestrator.core.config import KubernetesRef, LoadBalancerConfig
+from orchestrator.core.errors import PermanentError
 
 ANNOTATION = "failover.io/weights"
 TOTAL = 100

@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 import structlog
 
 from orchestrator.actuators.base import Balancer
-from orchestrator.config import KubernetesRef, LoadBalancerConfig
-from orchestrator.errors import PermanentError, TemporaryError
-from orchestrator.kube import KubeClients, KubeCluster
+from orchestrator.core.config import KubernetesRef, LoadBalancerConfig
+from orchestrator.core.errors import PermanentError, TemporaryError
+from orchestrator.kube.client import KubeClients, KubeCluster
 
 log = structlog.get_logger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import structlog
 
 from orchestrator.actuators.base import Balancer
-from orchestrator.errors import GuardRefused
-from orchestrator.state_store import StateStore
+from orchestrator.bus.state import StateStore
+from orchestrator.core.errors import GuardRefused
 
 log = structlog.get_logger(__name__)
 

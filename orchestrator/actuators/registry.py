@@ -8,8 +8,8 @@ from orchestrator.actuators.haproxy import HAProxyBalancer
 from orchestrator.actuators.istio import IstioBalancer
 from orchestrator.actuators.smi import SmiBalancer
 from orchestrator.actuators.webhook import WebhookBalancer
-from orchestrator.config import LoadBalancerConfig
-from orchestrator.errors import PermanentError
+from orchestrator.core.config import LoadBalancerConfig
+from orchestrator.core.errors import PermanentError
 
 DRIVERS: dict[str, type[Balancer]] = {
     "haproxy": HAProxyBalancer,

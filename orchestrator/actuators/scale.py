@@ -21,10 +21,10 @@ from typing import Any
 
 import structlog
 
-from orchestrator.config import Config
-from orchestrator.errors import PermanentError
-from orchestrator.kube import ConflictError, KubeClients, KubeCluster
-from orchestrator.state_store import StateStore
+from orchestrator.bus.state import StateStore
+from orchestrator.core.config import Config
+from orchestrator.core.errors import PermanentError
+from orchestrator.kube.client import ConflictError, KubeClients, KubeCluster
 
 log = structlog.get_logger(__name__)
 

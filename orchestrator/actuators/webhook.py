@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 
-from orchestrator import signing
 from orchestrator.actuators.base import Balancer, Term
 from orchestrator.actuators.kube_lb import check_int, retry_temporary
-from orchestrator.config import LoadBalancerConfig
-from orchestrator.errors import PermanentError, TemporaryError
+from orchestrator.core import signing
+from orchestrator.core.config import LoadBalancerConfig
+from orchestrator.core.errors import PermanentError, TemporaryError
 
 log = structlog.get_logger(__name__)
 

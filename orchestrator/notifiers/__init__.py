@@ -1,4 +1,7 @@
-"""Notifiers: how humans hear about what happened (webhook, Slack)."""
+"""Notifiers (layer 2): how humans hear about what happened (webhook, Slack, ...).
+
+May import: `orchestrator.core`.
+"""
 
 from orchestrator.notifiers.base import Notification, Notifier, build_notifier
 

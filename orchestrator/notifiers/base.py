@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 import aiohttp
 
-from orchestrator import signing
-from orchestrator.config import NotifierConfig, WebhookTarget
-from orchestrator.errors import PermanentError, TemporaryError
-from orchestrator.models import rfc3339, utc_now
+from orchestrator.core import signing
+from orchestrator.core.config import NotifierConfig, WebhookTarget
+from orchestrator.core.errors import PermanentError, TemporaryError
+from orchestrator.core.models import rfc3339, utc_now
 
 Severity = Literal["info", "warning", "error", "critical"]
 

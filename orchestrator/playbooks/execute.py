@@ -29,9 +29,9 @@ from tenacity import (
     wait_fixed,
 )
 
-from orchestrator.errors import GuardRefused, OrchestratorError, PermanentError, TemporaryError
-from orchestrator.leader import NotLeader
-from orchestrator.models import RunEventType, rfc3339
+from orchestrator.bus.leadership import NotLeader
+from orchestrator.core.errors import GuardRefused, OrchestratorError, PermanentError, TemporaryError
+from orchestrator.core.models import RunEventType, rfc3339
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import REGISTRY, Preempted, Services, StepContext
 from orchestrator.playbooks.journal import Fenced, Journal

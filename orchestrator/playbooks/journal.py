@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from orchestrator import subjects
-from orchestrator.bus import Bus, ConflictError
-from orchestrator.errors import PermanentError
-from orchestrator.models import RunEvent
+from orchestrator.bus.client import Bus, ConflictError
+from orchestrator.core import subjects
+from orchestrator.core.errors import PermanentError
+from orchestrator.core.models import RunEvent
 
 UNFINISHED = ("running", "delayed")
 

@@ -15,12 +15,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.config import Config
-from orchestrator.errors import Problem, ValidationFailed
+from orchestrator.core.config import Config
+from orchestrator.core.errors import Problem, ValidationFailed
+from orchestrator.core.yamlsource import Loc, Source, load_yaml, pydantic_problems, validate_model
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import REGISTRY
 from orchestrator.playbooks.model import Playbook, Step
-from orchestrator.yamlsource import Loc, Source, load_yaml, pydantic_problems, validate_model
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.config import Name, Seconds
+from orchestrator.core.config import Name, Seconds
 
 
 class Model(BaseModel):

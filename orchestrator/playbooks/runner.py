@@ -24,9 +24,10 @@ from typing import Any
 
 import structlog
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.leader import NotLeader
-from orchestrator.models import RunEvent, RunEventType, new_id, rfc3339
+from orchestrator.bus.leadership import NotLeader
+from orchestrator.bus.state import PAUSE_ALL, StateStore
+from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.models import RunEvent, RunEventType, new_id, rfc3339
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import Preempted, Services
 from orchestrator.playbooks.execute import RunExecutor
@@ -34,7 +35,6 @@ from orchestrator.playbooks.journal import Fenced, Journal
 from orchestrator.playbooks.loader import LoadedPlaybook
 from orchestrator.playbooks.model import Playbook
 from orchestrator.playbooks.plan import render_plan
-from orchestrator.state_store import PAUSE_ALL, StateStore
 
 log = structlog.get_logger(__name__)
 

@@ -14,8 +14,8 @@ import time
 
 import aiohttp
 
-from orchestrator.config import HttpProbe, TcpProbe
-from orchestrator.durations import format_duration
+from orchestrator.core.config import HttpProbe, TcpProbe
+from orchestrator.core.durations import format_duration
 from orchestrator.probes.base import ProbeResult
 
 _BODY_LIMIT = 64 * 1024

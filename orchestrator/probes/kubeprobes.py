@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from orchestrator.config import ClusterConfig, KubeWorkloadProbe
-from orchestrator.errors import OrchestratorError
-from orchestrator.kube import KubeClients
+from orchestrator.core.config import ClusterConfig, KubeWorkloadProbe
+from orchestrator.core.errors import OrchestratorError
+from orchestrator.kube.client import KubeClients
 from orchestrator.probes.base import ProbeResult
 
 Baseline = Callable[[str, str, str, str], Awaitable[int | None]]

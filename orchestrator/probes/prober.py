@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import structlog
 
-from orchestrator import subjects
-from orchestrator.config import ClusterConfig, Config, ProbeConfig
-from orchestrator.durations import format_duration
-from orchestrator.errors import PermanentError
-from orchestrator.kube import KubeClients
-from orchestrator.models import HealthReport, utc_now
+from orchestrator.core import subjects
+from orchestrator.core.config import ClusterConfig, Config, ProbeConfig
+from orchestrator.core.durations import format_duration
+from orchestrator.core.errors import PermanentError
+from orchestrator.core.models import HealthReport, utc_now
+from orchestrator.kube.client import KubeClients
 from orchestrator.probes.base import ProbeResult
 from orchestrator.probes.checks import check_http, check_tcp
 from orchestrator.probes.kubeprobes import Baseline, check_kube_api, check_kube_workload

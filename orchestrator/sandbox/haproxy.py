@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 
 from orchestrator.actuators.haproxy import HAProxyAdmin
-from orchestrator.errors import OrchestratorError
+from orchestrator.core.errors import OrchestratorError
 
 LOOPBACK = "127.0.0.1"
 

@@ -1,6 +1,6 @@
 """Kubernetes `Status` errors for the sandbox API server, shaped like kube-apiserver's.
 
-Clients (kubernetes-asyncio, kubectl, our own `orchestrator.kube`) classify failures by the HTTP code and
+Clients (kubernetes-asyncio, kubectl, our `orchestrator.kube.client`) classify failures by the HTTP code and
 the Status `reason`, and people read the `message`; both follow apimachinery's `errors` package here so
 code written against the sandbox meets the same strings on a real cluster.
 """

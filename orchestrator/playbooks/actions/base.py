@@ -23,8 +23,8 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.actuators.lb import BalancerActuator
-from orchestrator.config import Config
-from orchestrator.errors import OrchestratorError, PermanentError
+from orchestrator.core.config import Config
+from orchestrator.core.errors import OrchestratorError, PermanentError
 from orchestrator.notifiers import Notifier
 
 

@@ -9,8 +9,8 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import Field, field_validator
 
-from orchestrator.config import HttpUrlStr, Seconds
-from orchestrator.errors import PermanentError, TemporaryError
+from orchestrator.core.config import HttpUrlStr, Seconds
+from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
 
 

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from orchestrator.config import Seconds
-from orchestrator.errors import PermanentError
+from orchestrator.core.config import Seconds
+from orchestrator.core.errors import PermanentError
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
 from orchestrator.playbooks.plan import truthy

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from orchestrator.config import Seconds
-from orchestrator.errors import PermanentError
+from orchestrator.core.config import Seconds
+from orchestrator.core.errors import PermanentError
 from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
 
 

@@ -27,8 +27,8 @@ from typing import IO, Any
 
 import structlog
 
-from orchestrator.bus import Bus, ConflictError
-from orchestrator.errors import OrchestratorError, PermanentError
+from orchestrator.bus.client import Bus, ConflictError
+from orchestrator.core.errors import OrchestratorError, PermanentError
 
 log = structlog.get_logger(__name__)
 

@@ -16,22 +16,23 @@ from typing import Any
 import aiohttp
 import structlog
 
-from orchestrator import subjects
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.actuators.scale import ScaleActuator
-from orchestrator.aio import wait_any
-from orchestrator.api import ApiContext, ApiServer, build_app
-from orchestrator.bus import Bus
-from orchestrator.commands import Commands
-from orchestrator.config import Config
-from orchestrator.detection import DetectionService
-from orchestrator.detector import DetectorState
-from orchestrator.errors import OrchestratorError, ValidationFailed
-from orchestrator.kube import KubeClients
-from orchestrator.leader import Leadership, StateDirLock
-from orchestrator.metrics import Metrics
-from orchestrator.models import RunEvent, SystemEvent, new_id
+from orchestrator.api.commands import Commands
+from orchestrator.api.server import ApiContext, ApiServer, build_app
+from orchestrator.bus.client import Bus
+from orchestrator.bus.leadership import Leadership, StateDirLock
+from orchestrator.bus.state import StateStore
+from orchestrator.core import subjects
+from orchestrator.core.aio import wait_any
+from orchestrator.core.config import Config
+from orchestrator.core.errors import OrchestratorError, ValidationFailed
+from orchestrator.core.metrics import Metrics
+from orchestrator.core.models import RunEvent, SystemEvent, new_id
+from orchestrator.detection.machine import DetectorState
+from orchestrator.detection.service import DetectionService
+from orchestrator.kube.client import KubeClients
 from orchestrator.notifiers import build_notifier
 from orchestrator.playbooks.actions import Services
 from orchestrator.playbooks.approvals import ApprovalBook
@@ -39,8 +40,7 @@ from orchestrator.playbooks.journal import BusJournal
 from orchestrator.playbooks.loader import load_playbooks, playbook_files
 from orchestrator.playbooks.runner import Runner
 from orchestrator.probes.prober import Prober
-from orchestrator.reconcile import Reconciler
-from orchestrator.state_store import StateStore
+from orchestrator.runtime.reconcile import Reconciler
 
 log = structlog.get_logger(__name__)
 

@@ -22,9 +22,12 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from orchestrator import subjects
-from orchestrator.bus import Bus
-from orchestrator.detector import (
+from orchestrator.bus.client import Bus
+from orchestrator.core import subjects
+from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.metrics import Metrics
+from orchestrator.core.models import ClusterEvent, HealthReport, SystemEvent
+from orchestrator.detection.machine import (
     DetectorState,
     Output,
     Resume,
@@ -36,9 +39,6 @@ from orchestrator.detector import (
     snapshot,
     transition,
 )
-from orchestrator.errors import OrchestratorError
-from orchestrator.metrics import Metrics
-from orchestrator.models import ClusterEvent, HealthReport, SystemEvent
 
 log = structlog.get_logger(__name__)
 

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import ctl, logs
-from orchestrator.errors import OrchestratorError, ValidationFailed
+from orchestrator.cli import ctl
+from orchestrator.core import logs
+from orchestrator.core.errors import OrchestratorError, ValidationFailed
 
 app = typer.Typer(
     add_completion=False,
@@ -42,7 +43,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _load(config: Path):  # type: ignore[no-untyped-def]
-    from orchestrator.config import load_config
+    from orchestrator.core.config import load_config
 
     try:
         return load_config(config)
@@ -58,7 +59,7 @@ def validate(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file.")] = None,
 ) -> None:
     """Check the config and playbooks; print `file:line: path: message` for every problem."""
-    from orchestrator.config import load_config
+    from orchestrator.core.config import load_config
     from orchestrator.playbooks.loader import load_playbooks
 
     problems: list[str] = []
@@ -94,7 +95,7 @@ def run(
     no_probes: Annotated[bool, typer.Option("--no-probes", help="Do not run probes in-process.")] = False,
 ) -> None:
     """The daemon: detector, reactor, runner, API; also the probes unless --no-probes."""
-    from orchestrator.runtime import Daemon, run_until_signalled
+    from orchestrator.runtime.daemon import Daemon, run_until_signalled
 
     cfg = _load(config)
     try:
@@ -111,7 +112,7 @@ def probe(
     vantage: Annotated[str | None, typer.Option("--vantage", help="Name of this vantage point.")] = None,
 ) -> None:
     """A stand-alone prober that publishes health reports to NATS."""
-    from orchestrator.standalone import run_prober
+    from orchestrator.runtime.prober import run_prober
 
     cfg = _load(config)
     try:
@@ -130,7 +131,7 @@ def plan(
     ] = "cluster.failed",
 ) -> None:
     """Dry-run: print the steps, rendered parameters and exact changes; touch nothing."""
-    from orchestrator.dryrun import plan as dry_run
+    from orchestrator.runtime.dryrun import plan as dry_run
 
     cfg = _load(config)
     try:
@@ -147,7 +148,7 @@ def demo(
     recovery_hold: Annotated[str, typer.Option("--recovery-hold", help="Hold before failback.")] = "10s",
 ) -> None:
     """Local sandbox: embedded NATS, three simulated clusters behind HAProxy, a failure and a recovery."""
-    from orchestrator.sandbox.demo import run_demo
+    from orchestrator.cli.demo import run_demo
 
     try:
         code = asyncio.run(run_demo(state_dir, recovery_hold))

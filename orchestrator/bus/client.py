@@ -34,9 +34,9 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from orchestrator import subjects
-from orchestrator.config import NatsConfig
-from orchestrator.errors import PermanentError, TemporaryError
+from orchestrator.core import subjects
+from orchestrator.core.config import NatsConfig
+from orchestrator.core.errors import PermanentError, TemporaryError
 
 log = structlog.get_logger(__name__)
 

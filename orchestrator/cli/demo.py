@@ -22,12 +22,12 @@ import typer
 from aiohttp import web
 from nats.aio.msg import Msg
 
-from orchestrator import logs, signing, subjects
 from orchestrator.actuators.haproxy import HAProxyAdmin
-from orchestrator.bus import free_port
-from orchestrator.config import load_config
-from orchestrator.errors import ValidationFailed
-from orchestrator.runtime import Daemon
+from orchestrator.bus.client import free_port
+from orchestrator.core import logs, signing, subjects
+from orchestrator.core.config import load_config
+from orchestrator.core.errors import ValidationFailed
+from orchestrator.runtime.daemon import Daemon
 from orchestrator.sandbox.app import AppServer
 from orchestrator.sandbox.haproxy import HAProxyProcess, find_haproxy
 

@@ -19,15 +19,15 @@ from typing import Any
 
 import structlog
 
-from orchestrator import subjects
-from orchestrator.bus import Bus
-from orchestrator.config import Config
-from orchestrator.durations import parse_duration
-from orchestrator.errors import OrchestratorError
-from orchestrator.models import AuditRecord, rfc3339
+from orchestrator.bus.client import Bus
+from orchestrator.bus.state import PAUSE_ALL, StateStore, pause_key
+from orchestrator.core import subjects
+from orchestrator.core.config import Config
+from orchestrator.core.durations import parse_duration
+from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.models import AuditRecord, rfc3339
 from orchestrator.playbooks.approvals import ROLES, ApprovalBook
 from orchestrator.playbooks.runner import Runner
-from orchestrator.state_store import PAUSE_ALL, StateStore, pause_key
 
 log = structlog.get_logger(__name__)
 

@@ -19,9 +19,9 @@ import structlog
 
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.scale import Current, ScaleActuator, Workload
-from orchestrator.aio import wait_any
-from orchestrator.errors import OrchestratorError
-from orchestrator.state_store import StateStore
+from orchestrator.bus.state import StateStore
+from orchestrator.core.aio import wait_any
+from orchestrator.core.errors import OrchestratorError
 
 log = structlog.get_logger(__name__)
 

@@ -8,11 +8,11 @@ import signal
 
 import structlog
 
-from orchestrator.bus import Bus
-from orchestrator.config import Config
-from orchestrator.errors import PermanentError
+from orchestrator.bus.client import Bus
+from orchestrator.bus.state import StateStore
+from orchestrator.core.config import Config
+from orchestrator.core.errors import PermanentError
 from orchestrator.probes.prober import Prober
-from orchestrator.state_store import StateStore
 
 log = structlog.get_logger(__name__)
 

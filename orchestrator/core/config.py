@@ -24,9 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.durations import parse_duration
-from orchestrator.errors import Problem, ValidationFailed
-from orchestrator.yamlsource import Source, load_yaml, validate_model
+from orchestrator.core.durations import parse_duration
+from orchestrator.core.errors import Problem, ValidationFailed
+from orchestrator.core.yamlsource import Source, load_yaml, validate_model
 
 DURATION_SCHEMA = {
     "anyOf": [

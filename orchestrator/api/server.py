@@ -28,8 +28,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
-from orchestrator import dashboard, subjects
-from orchestrator.api_routes import (
+from orchestrator.api import dashboard
+from orchestrator.api.commands import Caller, CommandError, Commands
+from orchestrator.api.routes import (
     COMMAND_ARGS,
     JSON,
     ROUTES,
@@ -39,15 +40,15 @@ from orchestrator.api_routes import (
     Route,
     openapi_document,
 )
-from orchestrator.bus import Bus
-from orchestrator.commands import Caller, CommandError, Commands
-from orchestrator.config import Config
-from orchestrator.errors import OrchestratorError
-from orchestrator.metrics import Metrics
-from orchestrator.models import AuditRecord, rfc3339
+from orchestrator.bus.client import Bus
+from orchestrator.bus.state import PAUSE_ALL, PAUSE_CLUSTER_PREFIX, pause_in_force
+from orchestrator.core import subjects
+from orchestrator.core.config import Config
+from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.metrics import Metrics
+from orchestrator.core.models import AuditRecord, rfc3339
 from orchestrator.playbooks.approvals import ROLES
 from orchestrator.playbooks.journal import BusJournal
-from orchestrator.state_store import PAUSE_ALL, PAUSE_CLUSTER_PREFIX, pause_in_force
 
 log = structlog.get_logger(__name__)
 

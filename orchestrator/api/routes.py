@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from orchestrator import __version__
-from orchestrator.commands import REQUIRED_ROLE
+from orchestrator.api.commands import REQUIRED_ROLE
 
 RUNS_LIMIT_MAX = 1000
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"

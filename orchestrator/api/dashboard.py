@@ -21,7 +21,7 @@ ACTIVE = ("running", "delayed")
 @cache
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("orchestrator", "templates"),
+        loader=jinja2.PackageLoader("orchestrator.api", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

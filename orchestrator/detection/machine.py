@@ -34,8 +34,8 @@ from bisect import insort
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from orchestrator.config import Config
-from orchestrator.models import ClusterStatus, HealthReport
+from orchestrator.core.config import Config
+from orchestrator.core.models import ClusterStatus, HealthReport
 
 Impact = Literal["fail", "degrade"]
 

@@ -32,7 +32,7 @@ import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from orchestrator.errors import OrchestratorError, PermanentError, TemporaryError
+from orchestrator.core.errors import OrchestratorError, PermanentError, TemporaryError
 
 T = TypeVar("T")
 PatchType = Literal["merge", "json", "strategic"]

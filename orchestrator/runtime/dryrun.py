@@ -16,17 +16,17 @@ from pydantic import ValidationError
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.actuators.scale import ScaleActuator
-from orchestrator.bus import Bus
-from orchestrator.config import Config
-from orchestrator.durations import format_duration
-from orchestrator.errors import OrchestratorError, PermanentError
-from orchestrator.kube import KubeClients
-from orchestrator.models import rfc3339, utc_now
+from orchestrator.bus.client import Bus
+from orchestrator.bus.state import MemoryStateStore, StateStore
+from orchestrator.core.config import Config
+from orchestrator.core.durations import format_duration
+from orchestrator.core.errors import OrchestratorError, PermanentError
+from orchestrator.core.models import rfc3339, utc_now
+from orchestrator.kube.client import KubeClients
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import REGISTRY, Services, StepContext
 from orchestrator.playbooks.loader import load_playbooks
 from orchestrator.playbooks.plan import LATE_NAMES, is_late, render_early, render_plan
-from orchestrator.state_store import MemoryStateStore, StateStore
 
 STATE_AFTER = {
     "cluster.failed": "failed",

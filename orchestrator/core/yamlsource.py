@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.errors import Problem, ValidationFailed
+from orchestrator.core.errors import Problem, ValidationFailed
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)

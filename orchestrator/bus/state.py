@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from orchestrator.bus import Bus
+from orchestrator.bus.client import Bus
 
 PAUSE_ALL = "pause"
 PAUSE_CLUSTER_PREFIX = "pause.cluster."

@@ -1,0 +1,4 @@
+"""CLI (layer 7): the `failover` command, `failover ctl` (an HTTP client of the API) and `failover demo`.
+
+May import: everything below.
+"""
