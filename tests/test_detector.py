@@ -14,18 +14,14 @@ from orchestrator.core.models import HealthReport
 from orchestrator.detection.machine import (
     ClusterState,
     DetectorState,
-    Output,
     ProbeSpec,
     Resume,
     Settings,
-    Signal,
     Tick,
-    Transition,
-    guard_snapshot,
-    restore,
-    snapshot,
     transition,
 )
+from orchestrator.detection.outputs import Output, Signal, Transition
+from orchestrator.detection.snapshots import guard_snapshot, restore, snapshot
 
 T0 = 1_700_000_000.0
 CLUSTERS = ("a", "b", "c")

@@ -27,18 +27,9 @@ from orchestrator.core import subjects
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.metrics import Metrics
 from orchestrator.core.models import ClusterEvent, HealthReport, SystemEvent
-from orchestrator.detection.machine import (
-    DetectorState,
-    Output,
-    Resume,
-    Signal,
-    Tick,
-    Transition,
-    guard_snapshot,
-    restore,
-    snapshot,
-    transition,
-)
+from orchestrator.detection.machine import DetectorState, Resume, Tick, transition
+from orchestrator.detection.outputs import Output, Signal, Transition
+from orchestrator.detection.snapshots import guard_snapshot, restore, snapshot
 
 log = structlog.get_logger(__name__)
 

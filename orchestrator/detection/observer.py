@@ -1,0 +1,142 @@
+"""The defences against a faulty observer: suspect vantages and the observer guard (DESIGN §6).
+
+A vantage that sees most clusters failing while the others see them pass is the one cut off, and its
+reports count as stale; when too many clusters start failing together, the observer itself is suspected
+and `cluster.failed` is held back until the picture clears or a human resumes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from orchestrator.detection.outputs import Output, Signal
+
+if TYPE_CHECKING:
+    from orchestrator.detection.machine import ClusterState, DetectorState
+
+
+def is_fresh_vantage(state: DetectorState, vantage: str, now: float) -> bool:
+    return now - state.vantages.get(vantage, float("-inf")) <= state.settings.stale_after_s
+
+
+def update_suspects(state: DetectorState, now: float, out: list[Output]) -> bool:
+    """Recompute suspect vantages; True (and signals) when the set changed.
+
+    A vantage is suspect when it sees more than `max_failed_fraction` of all clusters failing and another
+    fresh vantage contradicts it: that one reported most of those clusters passing *after* the suspect's
+    failures began. Comparing times, not just counts, keeps the verdict independent of the order in
+    which the vantages' reports of one round arrive.
+    """
+    total = len(state.clusters)
+    limit = state.settings.max_failed_fraction * total
+    fresh = [v for v in state.vantages if is_fresh_vantage(state, v, now)]
+    over = [v for v in fresh if len(state.failing_at.get(v, ())) > limit]
+    suspects = set()
+    if over and len(over) < len(fresh):
+        for v in over:
+            if any(_contradicts(state, w, v) for w in fresh if w not in over):
+                suspects.add(v)
+    if suspects == state.suspects:
+        return False
+    for v in sorted(suspects - state.suspects):
+        out.append(
+            Signal(
+                "vantage.suspect",
+                f"vantage {v} sees {len(state.failing_at.get(v, ()))} of "
+                f"{total} clusters failing while others see them pass; its reports count as stale",
+                {"vantage": v, "failing": sorted(state.failing_at.get(v, ()))},
+                now,
+            )
+        )
+    for v in sorted(state.suspects - suspects):
+        out.append(Signal("vantage.clear", f"vantage {v} agrees with the others again", {"vantage": v}, now))
+    state.suspects = suspects
+    return True
+
+
+def _contradicts(state: DetectorState, witness: str, suspect: str) -> bool:
+    """Whether `witness` has been seeing most of the clusters `suspect` sees failing pass *during* the
+    suspect's failing streaks. Overlapping streaks are a disagreement; reports of one round still in
+    flight (everyone failing, or everyone recovering, in turn) never overlap that way."""
+    failing = state.failing_at.get(suspect, {})
+    contradicted = 0
+    for name in failing:
+        tracks = state.clusters[name].tracks
+        for (probe, vantage), track in tracks.items():
+            if vantage != suspect or track.fail_started_at is None:
+                continue
+            seen = tracks.get((probe, witness))
+            if (
+                seen is not None
+                and seen.ok
+                and seen.ok_since is not None
+                and seen.ok_since <= track.received_at
+                and seen.received_at >= track.fail_started_at
+            ):
+                contradicted += 1
+                break
+    return contradicted * 2 > len(failing)
+
+
+def guard_holds(state: DetectorState, cluster: ClusterState, now: float, out: list[Output]) -> bool:
+    """The observer guard: True when this failure must be held back (and says so once)."""
+    s = state.settings
+    onset = cluster.onset if cluster.onset is not None else now
+    if onset <= state.accepted_before:
+        return False
+    window = 2 * s.interval_s
+    together = sorted(
+        c.name for c in state.clusters.values() if c.onset is not None and abs(c.onset - onset) <= window
+    )
+    total = len(state.clusters)
+    too_many = len(together) > s.max_failed_fraction * total
+    if not (state.frozen or too_many):
+        return False
+    if not cluster.suppressed:
+        cluster.suppressed = True
+    if not state.frozen:
+        state.frozen = True
+        out.append(
+            Signal(
+                "observer.suspect",
+                f"{len(together)} of {total} clusters started failing within {window:g}s of each "
+                f"other (limit {s.max_failed_fraction:.0%}): suspecting the observer, automation "
+                "frozen until the picture clears or a human resumes",
+                {
+                    "clusters": together,
+                    "fraction": round(len(together) / total, 3),
+                    "max_failed_fraction": s.max_failed_fraction,
+                },
+                now,
+            )
+        )
+    return True
+
+
+def maybe_clear(state: DetectorState, now: float, out: list[Output]) -> bool:
+    """Unfreeze when few enough clusters are failing; suppressed failures are then evaluated again.
+
+    True when it unfroze: the caller (`transition`) then evaluates every cluster again; that call is not
+    made here so that the guard does not import the evaluation, which imports the guard."""
+    failing = [
+        c.name for c in state.clusters.values() if c.onset is not None and c.onset > state.accepted_before
+    ]
+    if len(failing) > state.settings.max_failed_fraction * len(state.clusters):
+        return False
+    state.frozen = False
+    state.cleared_at = now
+    suppressed = suppressed_clusters(state)
+    out.append(
+        Signal(
+            "observer.clear",
+            f"{len(failing)} of {len(state.clusters)} clusters failing: within "
+            "limits again; suppressed failures are evaluated again",
+            {"failing": failing, "suppressed": suppressed},
+            now,
+        )
+    )
+    return True
+
+
+def suppressed_clusters(state: DetectorState) -> list[str]:
+    return sorted(c.name for c in state.clusters.values() if c.suppressed)

@@ -1,0 +1,119 @@
+"""Recording reports: one `Track` per (cluster, probe, vantage) within one prober boot (DESIGN §6).
+
+Applying a report to its track (boots superseding each other, duplicates and out-of-order reports
+dropped, consecutive counts) is the detector's bookkeeping, separate from deciding what the counts mean
+(`evaluation`). It also keeps `DetectorState.failing_at` in step, which suspect-vantage detection reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from orchestrator.core.models import HealthReport
+
+if TYPE_CHECKING:
+    from orchestrator.detection.machine import DetectorState
+
+
+@dataclass
+class Track:
+    """The last results of one probe of one cluster as seen from one vantage (within one boot)."""
+
+    boot_id: str
+    seq: int
+    received_at: float
+    ok: bool
+    consecutive_fail: int = 0
+    consecutive_ok: int = 0
+    fail_started_at: float | None = None
+    """Receipt time of the first report of the current failing streak."""
+    ok_since: float | None = None
+    """Receipt time of the first report of the current passing streak."""
+    crossed_at: float | None = None
+    """Receipt time of the report that took the failing streak to `failure_threshold`."""
+    latency_ms: float = 0.0
+    detail: str = ""
+
+
+def accepts(state: DetectorState, report: HealthReport) -> bool:
+    """Whether a report names a configured cluster and probe."""
+    return report.probe in state.probes.get(report.cluster, {})
+
+
+def steady(state: DetectorState, report: HealthReport) -> bool:
+    """A passing report that cannot change anything: the cluster is healthy and this track was already
+    past its success threshold with no latency limit in question. Skipping the evaluation here is what
+    keeps a large healthy fleet cheap."""
+    cluster = state.clusters[report.cluster]
+    if not report.ok or cluster.status != "healthy" or state.frozen:
+        return False
+    track = cluster.tracks[(report.probe, report.vantage)]
+    return (
+        track.consecutive_ok > state.settings.success_threshold
+        and state.probes[report.cluster][report.probe].latency_limit_ms is None
+    )
+
+
+def record(state: DetectorState, report: HealthReport, now: float) -> bool | None:
+    """Apply a report to its track. None: ignored (unknown, duplicate, superseded); otherwise whether a
+    fail-impact probe started or stopped failing at this vantage."""
+    if not accepts(state, report):
+        return None
+    vantage = report.vantage
+    current_boot = state.boots.get(vantage)
+    if current_boot != report.boot_id:
+        retired = state.retired_boots.setdefault(vantage, [])
+        if report.boot_id in retired:
+            return None  # a late report from a prober boot that a newer one superseded
+        if current_boot is not None:
+            retired.append(current_boot)
+            del retired[:-8]  # bounded memory; eight restarts back is plenty to catch stragglers
+        state.boots[vantage] = report.boot_id
+    state.vantages[vantage] = now
+    cluster = state.clusters[report.cluster]
+    key = (report.probe, vantage)
+    counts_for_guard = state.probes[report.cluster][report.probe].impact == "fail"
+    track = cluster.tracks.get(key)
+    if track is None or track.boot_id != report.boot_id:
+        if track is not None and track.consecutive_fail and counts_for_guard:
+            _count_failing(state, vantage, report.cluster, -1)
+        track = Track(report.boot_id, -1, now, report.ok)  # counts never carry across boots
+        cluster.tracks[key] = track
+    if report.seq <= track.seq:
+        return None  # duplicate or out of order within one boot
+    was_failing = track.consecutive_fail > 0
+    track.seq = report.seq
+    track.received_at = now
+    track.ok = report.ok
+    track.latency_ms = report.latency_ms
+    track.detail = report.detail
+    if report.ok:
+        track.crossed_at = None
+        if track.consecutive_ok == 0:
+            track.ok_since = now
+        track.consecutive_ok += 1
+        track.consecutive_fail = 0
+        track.fail_started_at = None
+    else:
+        if track.consecutive_fail == 0:
+            track.fail_started_at = now
+        track.consecutive_fail += 1
+        track.consecutive_ok = 0
+        track.ok_since = None
+        if track.consecutive_fail == state.settings.failure_threshold:
+            track.crossed_at = now
+    if counts_for_guard and was_failing == report.ok:  # started or stopped failing
+        _count_failing(state, vantage, report.cluster, -1 if report.ok else 1)
+        return True
+    return False
+
+
+def _count_failing(state: DetectorState, vantage: str, cluster: str, delta: int) -> None:
+    """Keep `failing_at` in step with the tracks: +1 when a probe starts failing, -1 when it stops."""
+    per_cluster = state.failing_at.setdefault(vantage, {})
+    count = per_cluster.get(cluster, 0) + delta
+    if count > 0:
+        per_cluster[cluster] = count
+    else:
+        per_cluster.pop(cluster, None)
