@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest
 from orchestrator.bus.client import Bus, EmbeddedNats
 from orchestrator.core import subjects
 from orchestrator.core.config import NatsConfig
+from tests.daemons import DaemonProcess, stop_all
 from tests.helpers import AdminCounter, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(90)
@@ -31,22 +30,6 @@ steps:
     action: notify
     with: {notifier: oncall, summary: "{{ event.cluster }}: {{ steps.drain.change }}"}
 """
-
-
-async def start_daemon(config: Path, log: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "--log-format",
-        "json",
-        "run",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=log.open("a"),
-        env={**os.environ},
-    )
 
 
 async def test_sigkill_during_a_slow_step_then_restart_finishes_the_run_once(
@@ -79,8 +62,8 @@ async def test_sigkill_during_a_slow_step_then_restart_finishes_the_run_once(
 
         await bus.subscribe(subjects.RUNS_ALL, on_run)
         await bus.subscribe("failover.events.cluster.>", on_event)
-        first = await start_daemon(config, log)
-        second = None
+        first = await DaemonProcess(config, log, name="first").start()
+        second = DaemonProcess(config, log, name="second")
         try:
             await asyncio.sleep(2)  # healthy rounds
             await f.apps["us-east"].stop()
@@ -93,11 +76,10 @@ async def test_sigkill_during_a_slow_step_then_restart_finishes_the_run_once(
             found = await Bus.kv_get(bus.kv.runs, f"run.{run_id}")
             assert found is not None
             until = found[0]["steps"]["hold"]["until"]  # the absolute deadline is in the journal
-            first.send_signal(signal.SIGKILL)
-            assert await first.wait() == -signal.SIGKILL
+            assert await first.kill() == -signal.SIGKILL
             killed_at = time.time()
 
-            second = await start_daemon(config, log)
+            await second.start()
 
             async def finished() -> bool:
                 return any(r["run_id"] == run_id and r["type"] == "finished" for r in runs)
@@ -105,10 +87,7 @@ async def test_sigkill_during_a_slow_step_then_restart_finishes_the_run_once(
             await wait_for(finished, 20, "the resumed run finished")
             record = (await Bus.kv_get(bus.kv.runs, f"run.{run_id}"))[0]  # type: ignore[index]
         finally:
-            for proc in (first, second):
-                if proc is not None and proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-                    await asyncio.wait_for(proc.wait(), 30)
+            await stop_all((first, second))
             await bus.close()
             await counter.stop()
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +18,7 @@ from orchestrator.core import subjects
 from orchestrator.core.config import NatsConfig, load_config
 from orchestrator.playbooks.actions import REGISTRY
 from orchestrator.runtime.daemon import Daemon
+from tests.daemons import DaemonProcess
 from tests.helpers import SHORT_DETECTION, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(90)
@@ -264,41 +262,13 @@ def test_run_subprocess_stops_cleanly_on_sigterm(
     async def scenario() -> int:
         async with hook_receiver() as hook, fleet(tmp_path, haproxy_binary) as f:
             path = write_config(tmp_path, f, hook.url)  # no nats.url: embedded nats-server
-            config = load_config(path)
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "orchestrator",
-                "--log-format",
-                "json",
-                "run",
-                "--config",
-                str(path),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+            daemon = DaemonProcess(path, tmp_path / "daemon.log", load_config(path).api.port)
+            await daemon.start()
             try:
-
-                async def ready() -> bool:
-                    try:
-                        async with (
-                            aiohttp.ClientSession() as s,
-                            s.get(f"http://127.0.0.1:{config.api.port}/readyz") as r,
-                        ):
-                            return r.status == 200
-                    except aiohttp.ClientError:
-                        return False
-
-                await wait_for(ready, 20, "readyz 200")
-                proc.send_signal(signal.SIGTERM)
-                code = await asyncio.wait_for(proc.wait(), 30)
+                await daemon.wait_ready()
             finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-            assert proc.stderr is not None
-            logs = (await proc.stderr.read()).decode()
+                code = await daemon.stop()  # SIGTERM
+            logs = daemon.log_text()
             lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
             assert any(line["event"] == "daemon.stopped" for line in lines), logs[-2000:]
             assert HOOK_SECRET_NOT_IN(logs)
@@ -462,7 +432,6 @@ async def test_spoofed_events_on_the_bus_start_nothing_and_metrics_show_real_one
 
 
 async def test_nats_token_auth_from_the_config(nats_binary: str, tmp_path: Path) -> None:
-    import subprocess
 
     from orchestrator.bus.client import free_port
     from orchestrator.core.errors import TemporaryError

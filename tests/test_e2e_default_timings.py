@@ -8,16 +8,13 @@ beyond a generous bound that only catches a broken pipeline.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from orchestrator.bus.client import free_port
+from tests.daemons import DaemonProcess
 from tests.helpers import HOOK_SECRET, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -32,26 +29,10 @@ async def test_stopping_a_cluster_drains_it_and_starting_it_restores_it(
         config = write_config(
             tmp_path, f, hook.url, probing=None, detection=None, secret="${HOOK_SECRET}", api_port=api_port
         )
-        log_file = (tmp_path / "daemon.log").open("w")  # before the daemon starts
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "--log-format", "json", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-            env={**os.environ, "HOOK_SECRET": HOOK_SECRET},
-        )
+        daemon = DaemonProcess(config, tmp_path / "daemon.log", api_port, env={"HOOK_SECRET": HOOK_SECRET})
+        await daemon.start()
         try:
-
-            async def ready() -> bool:
-                try:
-                    async with (
-                        aiohttp.ClientSession() as s,
-                        s.get(f"http://127.0.0.1:{api_port}/readyz") as r,
-                    ):
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for(ready, 20, "daemon ready")
+            await daemon.wait_ready()
             await asyncio.sleep(4)  # success_threshold rounds at 1 s: every cluster healthy
 
             stopped_at = time.monotonic()
@@ -79,11 +60,5 @@ async def test_stopping_a_cluster_drains_it_and_starting_it_restores_it(
             assert back >= 30, "restored before recovery_hold"
             assert set(await f.traffic(60)) == {"eu-west", "us-east", "ap-south"}
         finally:
-            proc.terminate()
-            try:
-                code = proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-            log_file.close()
-        assert code == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+            code = await daemon.stop()
+        assert code == 0, daemon.log_text()[-3000:]

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +21,7 @@ from orchestrator.bus.leadership import StateDirLock
 from orchestrator.core import subjects
 from orchestrator.core.config import NatsConfig
 from orchestrator.core.errors import PermanentError
+from tests.daemons import DaemonProcess, stop_all
 from tests.helpers import AdminCounter, HookReceiver, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,46 +38,9 @@ steps:
 
 
 @dataclass
-class Replica:
-    name: str
-    config: Path
-    api: int
-    proc: asyncio.subprocess.Process | None = None
-
-    async def start(self, log: Path) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "--log-format",
-            "json",
-            "run",
-            "--config",
-            str(self.config),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=log.open("a"),
-            env={**os.environ},
-        )
-
-    async def readyz(self) -> dict[str, Any]:
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as s,
-                s.get(f"http://127.0.0.1:{self.api}/readyz") as r,
-            ):
-                body: dict[str, Any] = await r.json()
-                return body
-        except (aiohttp.ClientError, TimeoutError):
-            return {}
-
-    async def leads(self) -> bool:
-        return bool((await self.readyz()).get("checks", {}).get("leader"))
-
-
-@dataclass
 class Pair:
-    a: Replica
-    b: Replica
+    a: DaemonProcess
+    b: DaemonProcess
     counter: AdminCounter
     hook: HookReceiver
     fleet: Any
@@ -111,7 +72,7 @@ async def pair(tmp_path: Path, nats: EmbeddedNats, haproxy_binary: str) -> Async
                 extra=LEASE,
             )
             config.write_text(config.read_text().replace("vantage: test", f"vantage: {name}"))
-            replicas.append(Replica(name, config, api))
+            replicas.append(DaemonProcess(config, tmp_path / f"{name}.log", api, name))
         bus = await Bus.connect(NatsConfig(url=nats.url), tmp_path, name="observer")
         await bus.ensure_topology()
         p = Pair(replicas[0], replicas[1], counter, hook, f, bus)
@@ -125,28 +86,16 @@ async def pair(tmp_path: Path, nats: EmbeddedNats, haproxy_binary: str) -> Async
         await bus.subscribe(subjects.RUNS_ALL, on_run)
         await bus.subscribe(subjects.SYSTEM_EVENTS, on_system)
         try:
-            await p.a.start(tmp_path / "a.log")
-            await wait_for(p.a.leads, 20, "a leads")
-            await p.b.start(tmp_path / "b.log")
-            await wait_for(lambda: _ready(p.b), 20, "b ready as a follower")
+            await p.a.start()
+            await p.a.wait_leads()
+            await p.b.start()
+            await p.b.wait_ready()
             assert not await p.b.leads()
             yield p
         finally:
-            for r in (p.a, p.b):
-                if r.proc is not None and r.proc.returncode is None:
-                    r.proc.send_signal(signal.SIGCONT)
-                    r.proc.send_signal(signal.SIGTERM)
-                    try:
-                        await asyncio.wait_for(r.proc.wait(), 30)
-                    except TimeoutError:
-                        r.proc.kill()
-                        await r.proc.wait()
+            await stop_all((p.a, p.b))
             await bus.close()
             await counter.stop()
-
-
-async def _ready(r: Replica) -> bool:
-    return bool((await r.readyz()).get("ready"))
 
 
 async def fail_and_wait_for_the_slow_step(p: Pair) -> str:
@@ -191,8 +140,7 @@ async def test_the_follower_takes_over_a_killed_leaders_run(
         ):
             assert r.status == 200
         run_id = await fail_and_wait_for_the_slow_step(p)
-        assert p.a.proc is not None
-        p.a.proc.send_signal(signal.SIGKILL)
+        await p.a.kill()
         killed = time.monotonic()
         took = await wait_for(p.b.leads, 10, "b leads")
         print(f"\nleader SIGKILLed -> follower leads after {took:.2f}s (lease 2s, renew 400ms)")
@@ -214,8 +162,7 @@ async def test_a_deposed_leader_that_wakes_up_acts_on_nothing(
 ) -> None:
     async with pair(tmp_path, nats_server, haproxy_binary) as p:
         run_id = await fail_and_wait_for_the_slow_step(p)
-        assert p.a.proc is not None
-        p.a.proc.send_signal(signal.SIGSTOP)  # frozen mid-run: a GC pause, a stuck VM, a partition
+        p.a.freeze()  # frozen mid-run: a GC pause, a stuck VM, a partition
         await wait_for(p.b.leads, 10, "b leads")
 
         async def finished() -> bool:
@@ -225,7 +172,7 @@ async def test_a_deposed_leader_that_wakes_up_acts_on_nothing(
         seen = len(p.counter.commands)
         found = await Bus.kv_get(p.bus.kv.runs, f"run.{run_id}")
         assert found is not None
-        p.a.proc.send_signal(signal.SIGCONT)  # it wakes up believing it was in the middle of a sleep
+        p.a.thaw()  # it wakes up believing it was in the middle of a sleep
         await asyncio.sleep(3.0)
         assert await p.b.leads() and not await p.a.leads()
         assert [c for c in p.counter.commands[seen:] if c.startswith("set weight")] == []

@@ -7,11 +7,7 @@ cluster without touching the cluster. One prober of the three runs as a real `fa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +21,7 @@ from orchestrator.core.config import NatsConfig, load_config
 from orchestrator.probes.prober import Prober
 from orchestrator.runtime.daemon import Daemon
 from orchestrator.sandbox.proxy import TcpProxy
+from tests.daemons import DaemonProcess
 from tests.helpers import Fleet, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(90)
@@ -75,28 +72,14 @@ async def setup(tmp_path: Path, nats: EmbeddedNats, haproxy_binary: str) -> Asyn
             configs[v] = path
         for v in ("v1", "v2"):  # in-process probers
             tasks.append(asyncio.create_task(Prober(load_config(configs[v]), bus.publish).run(stop)))
-        proc = await asyncio.create_subprocess_exec(  # and a real stand-alone prober process
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "--log-format",
-            "json",
-            "probe",
-            "--config",
-            str(configs["v3"]),
-            "--vantage",
-            "v3",
-            stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ},
-        )
+        prober = DaemonProcess(configs["v3"], tmp_path / "v3.log", name="v3", command=("probe",))
+        await prober.start("--vantage", "v3")  # and a real stand-alone prober process
         try:
             await asyncio.wait_for(daemon.ready.wait(), 20)
             yield {"fleet": f, "vantages": vantages, "daemon": daemon, "events": events}
         finally:
             stop.set()
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 20) == 0
+            assert await prober.stop(20) == 0
             await asyncio.gather(*tasks)
             await bus.close()
             for proxy in vantages.proxies.values():
