@@ -29,7 +29,7 @@ from typing import Any
 
 import nats
 
-from orchestrator.bus.client import EmbeddedNats, free_port
+from orchestrator.bus.embedded import EmbeddedNats, free_port
 from orchestrator.core.models import HealthReport
 from orchestrator.detection.machine import ClusterState, DetectorState, ProbeSpec, Settings, transition
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.bus.client import free_port
+from orchestrator.bus.embedded import free_port
 from orchestrator.core import logs, subjects
 from orchestrator.core.config import load_config
 from orchestrator.core.models import HealthReport

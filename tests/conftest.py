@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from orchestrator.bus.client import Bus, EmbeddedNats, find_nats_server
-from orchestrator.core.config import NatsConfig
+from orchestrator.bus.client import Bus
+from orchestrator.bus.embedded import EmbeddedNats, find_nats_server
+from orchestrator.core.config_daemon import NatsConfig
 from orchestrator.core.errors import PermanentError
 from orchestrator.sandbox.haproxy import find_haproxy
 

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from orchestrator.actuators.haproxy import HAProxyAdmin
-from orchestrator.bus.client import free_port
+from orchestrator.bus.embedded import free_port
 from orchestrator.core import signing
 from orchestrator.sandbox.app import AppServer
 from orchestrator.sandbox.haproxy import HAProxyProcess

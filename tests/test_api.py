@@ -20,18 +20,13 @@ import pytest
 import structlog
 from openapi_spec_validator import validate
 
-from orchestrator.api.server import (
-    ApiContext,
-    ApiServer,
-    ClientQueue,
-    build_app,
-    check_command,
-    openapi_document,
-    redact,
-    run_summary,
-    sse_frame,
-)
-from orchestrator.bus.client import Bus, EmbeddedNats
+from orchestrator.api.bodies import check_command, redact, run_summary
+from orchestrator.api.context import ApiContext
+from orchestrator.api.routes import openapi_document
+from orchestrator.api.server import ApiServer, build_app
+from orchestrator.api.sse import ClientQueue, sse_frame
+from orchestrator.bus.client import Bus
+from orchestrator.bus.embedded import EmbeddedNats
 from orchestrator.core import subjects
 from orchestrator.core.config import load_config
 from orchestrator.core.metrics import Metrics

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.bus.client import Bus, EmbeddedNats
+from orchestrator.bus.client import Bus
+from orchestrator.bus.embedded import EmbeddedNats
 from orchestrator.core import subjects
-from orchestrator.core.config import NatsConfig
+from orchestrator.core.config_daemon import NatsConfig
 from tests.daemons import DaemonProcess, stop_all
 from tests.helpers import AdminCounter, fleet, hook_receiver, wait_for, write_config
 

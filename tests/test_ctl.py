@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bus.client import EmbeddedNats, free_port
+from orchestrator.bus.embedded import EmbeddedNats, free_port
 from tests.helpers import fleet, hook_receiver, wait_for, write_config
 from tests.test_api import ADMIN, OPERATOR, SECRETS, TOKENS, VIEWER
 from tests.test_daemon import all_healthy, running

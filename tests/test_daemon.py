@@ -13,9 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator.bus.client import Bus, EmbeddedNats
+from orchestrator.bus.client import Bus
+from orchestrator.bus.embedded import EmbeddedNats
 from orchestrator.core import subjects
-from orchestrator.core.config import NatsConfig, load_config
+from orchestrator.core.config import load_config
+from orchestrator.core.config_daemon import NatsConfig
 from orchestrator.playbooks.actions import REGISTRY
 from orchestrator.runtime.daemon import Daemon
 from tests.daemons import DaemonProcess
@@ -433,7 +435,7 @@ async def test_spoofed_events_on_the_bus_start_nothing_and_metrics_show_real_one
 
 async def test_nats_token_auth_from_the_config(nats_binary: str, tmp_path: Path) -> None:
 
-    from orchestrator.bus.client import free_port
+    from orchestrator.bus.embedded import free_port
     from orchestrator.core.errors import TemporaryError
 
     port = free_port()

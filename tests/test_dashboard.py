@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator.bus.client import EmbeddedNats, free_port
+from orchestrator.bus.embedded import EmbeddedNats, free_port
 from tests.conftest import require
 from tests.helpers import fleet, hook_receiver, wait_for, write_config
 from tests.test_api import TOKENS, VIEWER

@@ -23,9 +23,10 @@ from orchestrator.actuators.istio import ANNOTATION, IstioBalancer, split_percen
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.actuators.smi import SmiBalancer
 from orchestrator.actuators.webhook import WebhookBalancer
-from orchestrator.bus.client import free_port
+from orchestrator.bus.embedded import free_port
 from orchestrator.core import signing
-from orchestrator.core.config import IMPLEMENTED_LB_DRIVERS, LoadBalancerConfig
+from orchestrator.core.config import IMPLEMENTED_LB_DRIVERS
+from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.sandbox.kubeapi import KubeApiServer, write_kubeconfig
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bus.client import free_port
+from orchestrator.bus.embedded import free_port
 from tests.daemons import DaemonProcess
 from tests.helpers import HOOK_SECRET, fleet, hook_receiver, wait_for, write_config
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from orchestrator.actuators.haproxy import HAProxyAdmin, HAProxyBalancer
-from orchestrator.core.config import LoadBalancerConfig
+from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.sandbox.haproxy import HAProxyError, HAProxyProcess, free_port
 

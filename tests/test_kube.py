@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.core.config import KubernetesRef
+from orchestrator.core.config_clusters import KubernetesRef
 from orchestrator.core.errors import PermanentError, TemporaryError
-from orchestrator.kube.client import ConflictError, KubeClients, KubeCluster, NotReadyError, rollout_status
+from orchestrator.kube.client import KubeClients
+from orchestrator.kube.cluster import KubeCluster, rollout_status
+from orchestrator.kube.errors import ConflictError, NotReadyError
 from orchestrator.sandbox.kubeapi import KubeApiServer, write_kubeconfig
 
 pytestmark = pytest.mark.timeout(60)

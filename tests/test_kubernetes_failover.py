@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.bus.client import EmbeddedNats, free_port
+from orchestrator.bus.embedded import EmbeddedNats, free_port
 from orchestrator.core.config import load_config
 from orchestrator.runtime.daemon import Daemon
 from orchestrator.sandbox.app import AppServer

@@ -16,10 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator.bus.client import Bus, EmbeddedNats, free_port
+from orchestrator.bus.client import Bus
+from orchestrator.bus.embedded import EmbeddedNats, free_port
 from orchestrator.bus.leadership import StateDirLock
 from orchestrator.core import subjects
-from orchestrator.core.config import NatsConfig
+from orchestrator.core.config_daemon import NatsConfig
 from orchestrator.core.errors import PermanentError
 from tests.daemons import DaemonProcess, stop_all
 from tests.helpers import AdminCounter, HookReceiver, fleet, hook_receiver, wait_for, write_config

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from orchestrator.core import signing
-from orchestrator.core.config import NotifierConfig
+from orchestrator.core.config_drivers import NotifierConfig
 from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.notifiers import Notification, build_notifier
 from tests.helpers import HOOK_SECRET, hook_receiver

@@ -18,10 +18,12 @@ import pytest
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.api.commands import Commands
-from orchestrator.bus.client import Bus, EmbeddedNats
+from orchestrator.bus.client import Bus
+from orchestrator.bus.embedded import EmbeddedNats
 from orchestrator.bus.state import StateStore
 from orchestrator.core import subjects
-from orchestrator.core.config import Config, NatsConfig, load_config
+from orchestrator.core.config import Config, load_config
+from orchestrator.core.config_daemon import NatsConfig
 from orchestrator.notifiers import build_notifier
 from orchestrator.playbooks.actions import Services
 from orchestrator.playbooks.approvals import ApprovalBook

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.bus.client import Bus, EmbeddedNats, free_port
+from orchestrator.bus.client import Bus
+from orchestrator.bus.embedded import EmbeddedNats, free_port
 from orchestrator.core import subjects
-from orchestrator.core.config import NatsConfig, load_config
+from orchestrator.core.config import load_config
+from orchestrator.core.config_daemon import NatsConfig
 from orchestrator.probes.prober import Prober
 from orchestrator.runtime.daemon import Daemon
 from orchestrator.sandbox.proxy import TcpProxy

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 
-from orchestrator.core.config import LoadBalancerConfig
+from orchestrator.core.config_drivers import LoadBalancerConfig
 
 Term = Callable[[], int | None]
 

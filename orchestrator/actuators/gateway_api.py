@@ -18,7 +18,8 @@ from orchestrator.actuators.kube_lb import (
     find_entries,
     stored_weight,
 )
-from orchestrator.core.config import KubernetesRef, LoadBalancerConfig
+from orchestrator.core.config_clusters import KubernetesRef
+from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import PermanentError
 
 

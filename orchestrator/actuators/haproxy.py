@@ -19,7 +19,7 @@ from typing import TypeVar
 import structlog
 
 from orchestrator.actuators.base import Balancer, Term
-from orchestrator.core.config import LoadBalancerConfig
+from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import OrchestratorError, PermanentError, TemporaryError
 
 log = structlog.get_logger(__name__)

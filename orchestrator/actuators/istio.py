@@ -27,7 +27,8 @@ from typing import Any
 
 from orchestrator.actuators.base import Term
 from orchestrator.actuators.kube_lb import KubeObjectBalancer, check_int, find_entries
-from orchestrator.core.config import KubernetesRef, LoadBalancerConfig
+from orchestrator.core.config_clusters import KubernetesRef
+from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import PermanentError
 
 ANNOTATION = "failover.io/weights"

@@ -21,9 +21,11 @@ from typing import Any, TypeVar
 import structlog
 
 from orchestrator.actuators.base import Balancer
-from orchestrator.core.config import KubernetesRef, LoadBalancerConfig
+from orchestrator.core.config_clusters import KubernetesRef
+from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import PermanentError, TemporaryError
-from orchestrator.kube.client import KubeClients, KubeCluster
+from orchestrator.kube.client import KubeClients
+from orchestrator.kube.cluster import KubeCluster
 
 log = structlog.get_logger(__name__)
 

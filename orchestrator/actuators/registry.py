@@ -8,7 +8,7 @@ from orchestrator.actuators.haproxy import HAProxyBalancer
 from orchestrator.actuators.istio import IstioBalancer
 from orchestrator.actuators.smi import SmiBalancer
 from orchestrator.actuators.webhook import WebhookBalancer
-from orchestrator.core.config import LoadBalancerConfig
+from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import PermanentError
 
 DRIVERS: dict[str, type[Balancer]] = {

@@ -24,7 +24,9 @@ import structlog
 from orchestrator.bus.state import StateStore
 from orchestrator.core.config import Config
 from orchestrator.core.errors import PermanentError
-from orchestrator.kube.client import ConflictError, KubeClients, KubeCluster
+from orchestrator.kube.client import KubeClients
+from orchestrator.kube.cluster import KubeCluster
+from orchestrator.kube.errors import ConflictError
 
 log = structlog.get_logger(__name__)
 

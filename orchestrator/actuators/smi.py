@@ -14,7 +14,8 @@ from typing import Any
 
 from orchestrator.actuators.base import Term
 from orchestrator.actuators.kube_lb import KubeObjectBalancer, find_entries, stored_weight
-from orchestrator.core.config import KubernetesRef, LoadBalancerConfig
+from orchestrator.core.config_clusters import KubernetesRef
+from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import PermanentError
 
 MAX_WEIGHT = 1_000_000

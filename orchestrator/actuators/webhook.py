@@ -30,7 +30,7 @@ import structlog
 from orchestrator.actuators.base import Balancer, Term
 from orchestrator.actuators.kube_lb import check_int, retry_temporary
 from orchestrator.core import signing
-from orchestrator.core.config import LoadBalancerConfig
+from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import PermanentError, TemporaryError
 
 log = structlog.get_logger(__name__)

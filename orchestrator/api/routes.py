@@ -34,7 +34,7 @@ class Route:
     method: str
     path: str
     operation: str
-    """operationId, and the name of the `_Handlers` method that serves it."""
+    """operationId, and the name of the `api.handlers.Handlers` method that serves it."""
     summary: str
     role: Role | None
     """The least role needed when tokens are configured; None: open to everyone."""

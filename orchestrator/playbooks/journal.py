@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from orchestrator.bus.client import Bus, ConflictError
+from orchestrator.bus.client import Bus
+from orchestrator.bus.kv import ConflictError
 from orchestrator.core import subjects
 from orchestrator.core.errors import PermanentError
 from orchestrator.core.models import RunEvent

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.core.config import Name, Seconds
+from orchestrator.core.config_fields import Name, Seconds
 
 
 class Model(BaseModel):

@@ -10,59 +10,40 @@
   delay a protective run.
 - Unfinished runs found in the journal at start are resumed from their journalled plan.
 Every block, dedupe, delay and preemption is a run event that says which rule and why.
+
+Per-key scheduling (dedupe, queueing, preemption) is `scheduling.RunScheduler`; pause, cooldown and
+budget are in `guards`; this module is the public `Runner`: intake, driving, resume and lifecycle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from orchestrator.bus.leadership import NotLeader
-from orchestrator.bus.state import PAUSE_ALL, StateStore
+from orchestrator.bus.state import StateStore
 from orchestrator.core.errors import OrchestratorError
-from orchestrator.core.models import RunEvent, RunEventType, new_id, rfc3339
+from orchestrator.core.models import RunEvent, RunEventType, rfc3339
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import Preempted, Services
 from orchestrator.playbooks.execute import RunExecutor
+from orchestrator.playbooks.guards import apply_rate_guards, pause_reason, wait_delay
 from orchestrator.playbooks.journal import Fenced, Journal
 from orchestrator.playbooks.loader import LoadedPlaybook
-from orchestrator.playbooks.model import Playbook
 from orchestrator.playbooks.plan import render_plan
+from orchestrator.playbooks.scheduling import PROTECTIVE, Run, RunScheduler
 
 log = structlog.get_logger(__name__)
 
 ClusterView = Callable[[], list[dict[str, Any]]]
-PROTECTIVE = "cluster.failed"
-PREEMPTABLE = ("cluster.recovered",)
 
 
-@dataclass
-class Run:
-    id: str
-    playbook: str
-    event: dict[str, Any]
-    key: str
-    loaded: LoadedPlaybook | None = None
-    record: dict[str, Any] | None = None
-    force: bool = False
-    actor: str | None = None
-    preempt: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-
-def kv_token(text: str) -> str:
-    """A KV key token from any text (keys allow letters, digits, '-', '_', '=')."""
-    return re.sub(r"[^A-Za-z0-9_=-]", "_", text) or "_"
-
-
-class Runner:
+class Runner(RunScheduler):
     def __init__(
         self,
         services: Services,
@@ -72,17 +53,13 @@ class Runner:
         store: StateStore | None = None,
         on_run_event: Callable[[RunEvent], Awaitable[None]] | None = None,
     ) -> None:
+        super().__init__()
         self.services = services
         self.journal = journal
         self.playbooks = dict(playbooks)
         self.clusters = clusters
         self.store = store
         self.on_run_event = on_run_event
-        self.active: dict[str, Run] = {}
-        """concurrency key -> the run holding it."""
-        self.pending: dict[str, list[Run]] = {}
-        self.runs: dict[str, Run] = {}
-        self._accepting = True
         self.acting = True
         """False on a follower, and on a leader that lost its lease: no run starts."""
 
@@ -121,83 +98,6 @@ class Runner:
                 started.append(run_id)
         return started
 
-    async def submit(
-        self, loaded: LoadedPlaybook, event: dict[str, Any], force: bool = False, actor: str | None = None
-    ) -> str | None:
-        """Schedule one run; returns its id, or None when it was deduplicated."""
-        key = self._concurrency_key(loaded.playbook, event)
-        run = Run(new_id(), loaded.playbook.name, event, key, loaded, force=force, actor=actor)
-        active = self.active.get(key)
-        if active is None:
-            self._start(run)
-            return run.id
-        if active.playbook == run.playbook and active.event.get("type") == event.get("type"):
-            await self._emit(
-                active.id,
-                active.playbook,
-                "deduplicated",
-                detail={
-                    "rule": "concurrency",
-                    "key": key,
-                    "event": event.get("type"),
-                    "event_id": event.get("id"),
-                    "reason": f"a {event.get('type')} run of {run.playbook} is already active for {key}",
-                },
-            )
-            return None
-        queue = self.pending.setdefault(key, [])
-        for queued in [q for q in queue if q.playbook == run.playbook]:
-            queue.remove(queued)  # latest wins
-            await self._emit(
-                queued.id,
-                queued.playbook,
-                "deduplicated",
-                detail={
-                    "rule": "latest_wins",
-                    "key": key,
-                    "reason": f"superseded by a newer {event.get('type')} event",
-                },
-            )
-        if event.get("type") == PROTECTIVE and active.event.get("type") in PREEMPTABLE:
-            queue.insert(0, run)
-            active.preempt.set()
-            await self._emit(
-                active.id,
-                active.playbook,
-                "preempted",
-                detail={
-                    "rule": "preemption",
-                    "key": key,
-                    "by_event": PROTECTIVE,
-                    "reason": f"{event.get('cluster')} failed again: stopping at the next journalled point",
-                },
-            )
-        else:
-            queue.append(run)
-        self.runs[run.id] = run
-        return run.id
-
-    def _concurrency_key(self, playbook: Playbook, event: Mapping[str, Any]) -> str:
-        if playbook.concurrency:
-            try:
-                return str(templates.render_string(playbook.concurrency, {"event": event}))
-            except templates.TemplateError as e:
-                log.warning("run.concurrency_key_failed", playbook=playbook.name, error=str(e))
-        return str(event.get("cluster") or playbook.name)
-
-    def _start(self, run: Run) -> None:
-        self.active[run.key] = run
-        self.runs[run.id] = run
-        run.task = asyncio.get_running_loop().create_task(self._drive(run), name=f"run-{run.id}")
-
-    def _next(self, key: str) -> None:
-        self.active.pop(key, None)
-        queue = self.pending.get(key)
-        if queue and self._accepting:
-            self._start(queue.pop(0))
-        if not queue:
-            self.pending.pop(key, None)
-
     # driving a run ------------------------------------------------------------------------------
 
     async def _drive(self, run: Run) -> None:
@@ -208,7 +108,7 @@ class Runner:
                 if run.record is not None and run.record["status"] in ("running", "delayed"):
                     executor = self._executor(run)
                     if run.record["status"] == "delayed":
-                        await self._wait_delay(run)
+                        await wait_delay(self.journal, run, self._emit)
                     if run.record["status"] == "running":
                         await executor.execute()
         except (Fenced, NotLeader) as e:
@@ -269,23 +169,11 @@ class Runner:
                 "force": run.force,
             },
         )
-        paused = await self._paused(run)
+        paused = await pause_reason(self.store, run)
         if paused:
             await self._block(run, "pause", paused)
             return
-        await self._apply_rate_guards(run)
-
-    async def _paused(self, run: Run) -> str | None:
-        if self.store is None or run.force:
-            return None
-        cluster = run.event.get("cluster")
-        found = await self.store.pause_for(cluster if isinstance(cluster, str) else None)
-        if found is None:
-            return None
-        key, value = found
-        scope = "automation" if key == PAUSE_ALL else f"automation for {cluster}"
-        until = f" until {rfc3339(float(value['until']))}" if value.get("until") else ""
-        return f"{scope} paused by {value.get('by', 'someone')}{until}"
+        await apply_rate_guards(self.store, self.journal, run, self._emit)
 
     async def _block(self, run: Run, rule: str, reason: str) -> None:
         assert run.record is not None
@@ -298,68 +186,6 @@ class Runner:
             await executor._on_failure(executor.base_context(), f"(guard {rule})", reason)
             await self.journal.save(run.record)
         await self._emit(run.id, run.playbook, "finished", detail={"status": "blocked", "error": reason})
-
-    async def _apply_rate_guards(self, run: Run) -> None:
-        """cooldown / budget: record this run, and delay it when over (never a protective one)."""
-        assert run.record is not None and run.loaded is not None
-        guards = run.loaded.playbook.guards
-        if self.store is None or (guards.cooldown_s is None and guards.budget is None):
-            return
-        key = f"guard.{kv_token(run.playbook)}.{kv_token(run.key)}"
-        now = time.time()
-        history = [float(t) for t in ((await self.store.get(key)) or {}).get("runs", [])]
-        horizon = max(guards.cooldown_s or 0, guards.budget.per_s if guards.budget else 0)
-        history = [t for t in history if now - t <= horizon]
-        wait_until, rule = now, ""
-        if guards.cooldown_s and history and max(history) + guards.cooldown_s > wait_until:
-            wait_until, rule = max(history) + guards.cooldown_s, "cooldown"
-        if guards.budget and len(history) >= guards.budget.runs:
-            oldest = sorted(history)[-guards.budget.runs]
-            if oldest + guards.budget.per_s > wait_until:
-                wait_until, rule = oldest + guards.budget.per_s, "budget"
-        if wait_until > now and run.event.get("type") == PROTECTIVE:
-            await self._emit(
-                run.id,
-                run.playbook,
-                "started",
-                detail={
-                    "guard_bypassed": rule,
-                    "reason": f"{rule} would delay this run, but it protects a failed cluster",
-                },
-            )
-            wait_until = now
-        history.append(max(now, wait_until))
-        await self.store.put(key, {"runs": history})
-        if wait_until > now:
-            run.record.update(status="delayed", delayed_until=wait_until)
-            await self.journal.save(run.record)
-            await self._emit(
-                run.id,
-                run.playbook,
-                "blocked",
-                detail={
-                    "rule": rule,
-                    "until": rfc3339(wait_until),
-                    "reason": f"{rule} of {run.playbook} for {run.key}: delayed until {rfc3339(wait_until)}",
-                },
-            )
-
-    async def _wait_delay(self, run: Run) -> None:
-        assert run.record is not None
-        until = float(run.record.get("delayed_until", 0))
-        remaining = until - time.time()
-        if remaining > 0:
-            try:
-                await asyncio.wait_for(run.preempt.wait(), timeout=remaining)
-            except TimeoutError:
-                pass
-            else:
-                run.record.update(status="preempted", finished_at=rfc3339(time.time()))
-                await self.journal.save(run.record)
-                await self._emit(run.id, run.playbook, "finished", detail={"status": "preempted"})
-                return
-        run.record["status"] = "running"
-        await self.journal.save(run.record)
 
     # resume ---------------------------------------------------------------------------------------
 

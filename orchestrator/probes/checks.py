@@ -14,7 +14,7 @@ import time
 
 import aiohttp
 
-from orchestrator.core.config import HttpProbe, TcpProbe
+from orchestrator.core.config_clusters import HttpProbe, TcpProbe
 from orchestrator.core.durations import format_duration
 from orchestrator.probes.base import ProbeResult
 

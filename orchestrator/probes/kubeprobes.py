@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from orchestrator.core.config import ClusterConfig, KubeWorkloadProbe
+from orchestrator.core.config_clusters import ClusterConfig, KubeWorkloadProbe
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.kube.client import KubeClients
 from orchestrator.probes.base import ProbeResult

@@ -19,7 +19,8 @@ import aiohttp
 import structlog
 
 from orchestrator.core import subjects
-from orchestrator.core.config import ClusterConfig, Config, ProbeConfig
+from orchestrator.core.config import Config
+from orchestrator.core.config_clusters import ClusterConfig, ProbeConfig
 from orchestrator.core.durations import format_duration
 from orchestrator.core.errors import PermanentError
 from orchestrator.core.models import HealthReport, utc_now

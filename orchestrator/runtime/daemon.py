@@ -20,7 +20,8 @@ from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.actuators.scale import ScaleActuator
 from orchestrator.api.commands import Commands
-from orchestrator.api.server import ApiContext, ApiServer, build_app
+from orchestrator.api.context import ApiContext
+from orchestrator.api.server import ApiServer, build_app
 from orchestrator.bus.client import Bus
 from orchestrator.bus.leadership import Leadership, StateDirLock
 from orchestrator.bus.state import StateStore

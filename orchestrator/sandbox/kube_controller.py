@@ -17,8 +17,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.sandbox.kube_objects import now_rfc3339
 from orchestrator.sandbox.kube_resources import RESOURCES, ResourceType, by_kind_name
-from orchestrator.sandbox.kube_store import Store, WatchEvent, now_rfc3339
+from orchestrator.sandbox.kube_store import Store
+from orchestrator.sandbox.kube_watch import WatchEvent
 
 WORKLOADS = tuple(rt for rt in RESOURCES if rt.plural in ("deployments", "statefulsets"))
 HPA = next(rt for rt in RESOURCES if rt.plural == "horizontalpodautoscalers")

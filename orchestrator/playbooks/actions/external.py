@@ -9,7 +9,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import Field, field_validator
 
-from orchestrator.core.config import HttpUrlStr, Seconds
+from orchestrator.core.config_fields import HttpUrlStr, Seconds
 from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
 

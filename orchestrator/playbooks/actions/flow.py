@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from orchestrator.core.config import Seconds
+from orchestrator.core.config_fields import Seconds
 from orchestrator.core.errors import PermanentError
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions.base import Action, Params, StepContext, register

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from orchestrator.core.config import Seconds
+from orchestrator.core.config_fields import Seconds
 from orchestrator.core.errors import PermanentError
 from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
 

