@@ -7,6 +7,7 @@ import json
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,40 @@ async def test_malformed_reports_are_counted_and_dropped(
 
             await wait_for(counted, 5, "4 malformed messages counted")
             await wait_for(lambda: all_healthy(daemon), 10, "all clusters healthy")
-            assert daemon.readiness() == {"nats": True, "detector": True, "leader": True}
+
+            # valid reports that do not count: a vantage not in detection.vantages, and old news (made
+            # longer than stale_after ago, as a publisher that buffered through a NATS outage sends)
+            def failing(vantage: str, ts: str, seq: int) -> bytes:
+                body = {**good_but_wrong_subject, "vantage": vantage, "cluster": "us-east", "ts": ts}
+                return json.dumps(body | {"seq": seq}).encode()
+
+            now = datetime.now(UTC).isoformat()
+            for seq in range(1, 6):
+                await daemon.bus.publish(
+                    "failover.health.stranger.us-east.ingress", failing("stranger", now, seq)
+                )
+                await daemon.bus.publish(
+                    "failover.health.test.us-east.ingress", failing("test", "2026-01-01T00:00:00Z", seq)
+                )
+            await daemon.bus.flush()
+
+            async def dropped() -> bool:
+                text = await metrics_text(daemon)
+                return (
+                    'failover_reports_dropped_total{reason="unknown_vantage"} 5.0' in text
+                    and 'failover_reports_dropped_total{reason="stale"} 5.0' in text
+                )
+
+            await wait_for(dropped, 5, "5 unlisted and 5 stale reports counted and dropped")
+            assert daemon.status()["unlisted_vantages"] == ["stranger"]
+            assert await all_healthy(daemon)  # five failing reports each, and nothing changed
+            assert daemon.readiness() == {
+                "nats": True,
+                "detector": True,
+                "leader": True,
+                "balancers_readable": True,
+                "failed_clusters_drained": True,
+            }
             assert await f.weights() == {"eu-west": 100, "us-east": 100, "ap-south": 100}
 
 

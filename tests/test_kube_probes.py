@@ -84,7 +84,7 @@ async def one_round(prober: Prober) -> dict[tuple[str, str], HealthReport]:
 
     async def publish(subject: str, data: bytes) -> None:
         report = HealthReport.model_validate_json(data)
-        assert subject == f"failover.health.{report.cluster}.{report.probe}"
+        assert subject == f"failover.health.{report.vantage}.{report.cluster}.{report.probe}"
         reports[(report.cluster, report.probe)] = report
 
     prober.publish = publish

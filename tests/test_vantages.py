@@ -31,7 +31,8 @@ pytestmark = pytest.mark.timeout(90)
 VANTAGES = ("v1", "v2", "v3")
 PROBING = "{interval: 200ms, timeout: 150ms, jitter: 20ms}"
 DETECTION = (
-    "{failure_threshold: 3, success_threshold: 2, recovery_hold: 1s, stale_after: 2s}"  # quorum: majority
+    "{failure_threshold: 3, success_threshold: 2, recovery_hold: 1s, stale_after: 2s,"
+    " vantages: [v1, v2, v3]}"  # quorum: majority (of the three)
 )
 
 

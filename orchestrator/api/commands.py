@@ -179,7 +179,10 @@ class Commands:
             except ValueError as e:
                 answer = {"ok": False, "error": f"bad request: {e}", "status": 400}
             if msg.reply:
-                await self.bus.nc.publish(msg.reply, json.dumps(answer, default=str).encode())
+                try:
+                    await self.bus.publish(msg.reply, json.dumps(answer, default=str).encode())
+                except OrchestratorError as e:  # the asker times out and may ask again
+                    log.warning("commands.reply_failed", error=str(e))
 
         if self._subscription is None:  # only the leader answers: approvals wait in its process
             self._subscription = await self.bus.subscribe(subjects.COMMANDS, on_request)

@@ -30,6 +30,7 @@ from nats.js.kv import KeyValue
 
 from orchestrator.bus import kv as kv_helpers
 from orchestrator.bus.embedded import EmbeddedNats
+from orchestrator.bus.kv import nats_errors
 from orchestrator.core import subjects
 from orchestrator.core.config_daemon import NatsConfig
 from orchestrator.core.errors import PermanentError, TemporaryError
@@ -64,10 +65,16 @@ class Bus:
     """A connected NATS client with JetStream, the project's streams and KV buckets."""
 
     def __init__(
-        self, nc: NatsClient, embedded: EmbeddedNats | None = None, closing: asyncio.Event | None = None
+        self,
+        nc: NatsClient,
+        embedded: EmbeddedNats | None = None,
+        closing: asyncio.Event | None = None,
+        reconnected: asyncio.Event | None = None,
     ) -> None:
         self.nc = nc
         self.closing = closing or asyncio.Event()
+        self.reconnected = reconnected or asyncio.Event()
+        """Set on every reconnect (whoever waits on it clears it): a leader retries its lease at once."""
         self.js: JetStreamContext = nc.jetstream()
         self.embedded = embedded
         self._kv: Buckets | None = None
@@ -81,13 +88,14 @@ class Bus:
             await embedded.start()
             url = embedded.url
         closing = asyncio.Event()
+        reconnected = asyncio.Event()
         try:
-            nc = await connect_nats(url, cfg, name=name, closing=closing)
+            nc = await connect_nats(url, cfg, name=name, closing=closing, reconnected=reconnected)
         except BaseException:
             if embedded:
                 await embedded.stop()
             raise
-        return cls(nc, embedded, closing)
+        return cls(nc, embedded, closing, reconnected)
 
     @property
     def kv(self) -> Buckets:
@@ -131,8 +139,9 @@ class Bus:
             # 10058: the stream exists with another configuration; bring it to ours.
             if e.err_code != 10058:
                 raise PermanentError(f"cannot create stream {config.name}: {e.description}") from e
-            await self.js.update_stream(config)
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as e:
+            with nats_errors(f"update stream {config.name}"):
+                await self.js.update_stream(config)
+        except nats.errors.Error as e:
             raise TemporaryError(f"JetStream not available creating {config.name}: {e}") from e
 
     async def _ensure_kv(self, config: api.KeyValueConfig) -> KeyValue:
@@ -141,47 +150,47 @@ class Bus:
         except nats.js.errors.BadRequestError:
             # it exists: bring its TTL to ours (the leader bucket's TTL *is* the lease)
             stream = f"KV_{config.bucket}"
-            info = await self.js.stream_info(stream)
-            wanted = float(config.ttl or 0)
-            if abs(float(info.config.max_age or 0) - wanted) > 0.001:
-                info.config.max_age = wanted
-                if wanted and float(info.config.duplicate_window or 0) > wanted:
-                    info.config.duplicate_window = wanted  # NATS refuses a window longer than the max age
-                await self.js.update_stream(info.config)
-                log.info("kv.ttl_updated", bucket=config.bucket, ttl_s=wanted)
-            return await self.js.key_value(config.bucket)
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as e:
+            with nats_errors(f"KV bucket {config.bucket}"):
+                info = await self.js.stream_info(stream)
+                wanted = float(config.ttl or 0)
+                if abs(float(info.config.max_age or 0) - wanted) > 0.001:
+                    info.config.max_age = wanted
+                    if wanted and float(info.config.duplicate_window or 0) > wanted:
+                        info.config.duplicate_window = wanted  # NATS refuses a window longer than max age
+                    await self.js.update_stream(info.config)
+                    log.info("kv.ttl_updated", bucket=config.bucket, ttl_s=wanted)
+                return await self.js.key_value(config.bucket)
+        except nats.errors.Error as e:
             raise TemporaryError(f"JetStream not available creating KV {config.bucket}: {e}") from e
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
 
     async def publish(self, subject: str, payload: bytes) -> None:
         """Fire-and-forget publish (health reports): the stream captures it without a round trip."""
-        try:
+        with nats_errors(f"publish to {subject}"):
             await self.nc.publish(subject, payload)
-        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as e:
-            raise TemporaryError(f"publish to {subject} failed: {e}") from e
+
+    async def publish_live(self, subject: str, payload: bytes) -> None:
+        """Publish now or not at all: while disconnected nats-py would buffer the message and send it on
+        reconnect, and a health report gathered during a NATS outage must not arrive later as fresh."""
+        if not self.nc.is_connected:
+            raise TemporaryError(f"publish to {subject}: not connected to NATS; dropped")
+        await self.publish(subject, payload)
 
     async def publish_durable(self, subject: str, payload: bytes, timeout_s: float = 5.0) -> None:
         """Publish and wait for JetStream's ack: events, run journal entries, audit records."""
-        try:
+        with nats_errors(f"durable publish to {subject}"):
             await self.js.publish(subject, payload, timeout=timeout_s)
-        except (
-            nats.errors.TimeoutError,
-            nats.errors.NoRespondersError,
-            nats.errors.ConnectionClosedError,
-            nats.js.errors.ServiceUnavailableError,
-        ) as e:
-            raise TemporaryError(f"durable publish to {subject} failed: {e}") from e
-        except nats.js.errors.APIError as e:
-            raise PermanentError(f"durable publish to {subject} refused: {e}") from e
 
     async def subscribe(self, subject: str, handler: MsgHandler, queue: str = "") -> Subscription:
-        return await self.nc.subscribe(subject, queue=queue, cb=handler)
+        with nats_errors(f"subscribe to {subject}"):
+            return await self.nc.subscribe(subject, queue=queue, cb=handler)
 
     async def request(self, subject: str, payload: bytes, timeout_s: float = 5.0) -> bytes:
-        try:
+        with nats_errors(f"request on {subject}"):
             msg = await self.nc.request(subject, payload, timeout=timeout_s)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
-            raise TemporaryError(f"no reply on {subject}: {e}") from e
         return bytes(msg.data)
 
     async def replay(
@@ -189,29 +198,30 @@ class Bus:
     ) -> AsyncIterator[tuple[str, bytes, float]]:
         """Messages stored on `subject` in the last `since_s` seconds, oldest first, as
         (subject, data, stored-at unix time); stops at the last message present when called."""
-        try:
+        with nats_errors(f"read stream {stream}"):
             info = await self.js.stream_info(stream)
-        except (nats.errors.TimeoutError, nats.js.errors.APIError) as e:
-            raise TemporaryError(f"cannot read stream {stream}: {e}") from e
         last = int(info.state.last_seq or 0)
         if not last or not info.state.messages:
             return
         start = datetime.fromtimestamp(time.time() - since_s, UTC)
-        sub = await self.js.subscribe(
-            subject,
-            stream=stream,
-            ordered_consumer=True,
-            config=api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                opt_start_time=start,
-            ),
-        )
+        with nats_errors(f"replay {stream}"):
+            sub = await self.js.subscribe(
+                subject,
+                stream=stream,
+                ordered_consumer=True,
+                config=api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                    opt_start_time=start,
+                ),
+            )
         try:
             while True:
                 try:
                     msg = await sub.next_msg(timeout=batch_timeout_s)
                 except nats.errors.TimeoutError:
                     return  # nothing (more) in the window
+                except nats.errors.Error as e:
+                    raise TemporaryError(f"replay {stream} failed: {type(e).__name__}") from e
                 meta = msg.metadata
                 yield msg.subject, bytes(msg.data), meta.timestamp.timestamp()
                 if meta.sequence.stream >= last or not meta.num_pending:
@@ -221,7 +231,8 @@ class Bus:
                 await sub.unsubscribe()
 
     async def flush(self, timeout_s: float = 5.0) -> None:
-        await self.nc.flush(timeout=max(1, round(timeout_s)))
+        with nats_errors("flush"):
+            await self.nc.flush(timeout=max(1, round(timeout_s)))
 
     # KV helpers that speak our errors (defined in `kv`) ----------------------------------------------
 
@@ -242,7 +253,11 @@ class Bus:
 
 
 async def connect_nats(
-    url: str, cfg: NatsConfig, name: str, closing: asyncio.Event | None = None
+    url: str,
+    cfg: NatsConfig,
+    name: str,
+    closing: asyncio.Event | None = None,
+    reconnected: asyncio.Event | None = None,
 ) -> NatsClient:
     """Connect with credentials/TLS from config; waits for the port first (see DESIGN §11)."""
     options: dict[str, Any] = {
@@ -277,6 +292,8 @@ async def connect_nats(
 
     async def _reconnected_cb() -> None:
         log.info("nats.reconnected")
+        if reconnected is not None:
+            reconnected.set()
 
     nc = NatsClient()
     try:

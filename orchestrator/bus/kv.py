@@ -6,7 +6,9 @@ one place; `Bus` keeps them as static methods (`Bus.kv_get(...)`), which is how 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import nats.errors
@@ -20,34 +22,59 @@ class ConflictError(PermanentError):
     """A compare-and-set lost: another writer (another leader) changed the value first."""
 
 
+EXPECTED = (
+    nats.js.errors.KeyNotFoundError,
+    nats.js.errors.KeyDeletedError,
+    nats.js.errors.KeyWrongLastSequenceError,
+    nats.js.errors.NoKeysError,
+)
+"""Outcomes of a KV call that callers handle themselves (absent key, lost compare-and-set, no keys)."""
+
+
+@contextlib.contextmanager
+def nats_errors(what: str) -> Iterator[None]:
+    """Map whatever nats-py raises onto our roots (DESIGN §12, liveness).
+
+    Every JetStream error is temporary: while a NATS cluster elects a JetStream meta leader or a stream
+    leader, the same call answers 503 (`ServiceUnavailableError`), "no responders"
+    (`NoStreamResponseError`), 404 or a timeout for a few seconds, and then works again. Only a 400 (the
+    request itself is wrong) is permanent. Callers handle the expected outcomes (a missing key, a lost
+    compare-and-set) before this.
+    """
+    try:
+        yield
+    except EXPECTED:
+        raise
+    except nats.js.errors.BadRequestError as e:
+        raise PermanentError(f"{what} refused: {e}") from e
+    except (nats.errors.Error, TimeoutError, OSError) as e:
+        raise TemporaryError(f"{what} failed: {type(e).__name__} {e}".strip()) from e
+
+
 async def kv_get(kv: KeyValue, key: str) -> tuple[Any, int] | None:
     """JSON value and revision, or None when absent or deleted."""
     try:
-        entry = await kv.get(key)
-    except nats.js.errors.KeyNotFoundError:
+        with nats_errors(f"KV get {key}"):
+            entry = await kv.get(key)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
         return None
-    except nats.errors.TimeoutError as e:
-        raise TemporaryError(f"KV get {key} timed out") from e
     if entry.value is None:
         return None
     return json.loads(entry.value), int(entry.revision or 0)
 
 
 async def kv_put(kv: KeyValue, key: str, value: Any) -> int:
-    try:
+    with nats_errors(f"KV put {key}"):
         return int(await kv.put(key, json.dumps(value, separators=(",", ":")).encode()))
-    except nats.errors.TimeoutError as e:
-        raise TemporaryError(f"KV put {key} timed out") from e
 
 
 async def kv_create(kv: KeyValue, key: str, value: Any) -> bool:
     """Write only if absent (records the value before our first change). False if it existed."""
     try:
-        await kv.create(key, json.dumps(value, separators=(",", ":")).encode())
+        with nats_errors(f"KV create {key}"):
+            await kv.create(key, json.dumps(value, separators=(",", ":")).encode())
     except nats.js.errors.KeyWrongLastSequenceError:
         return False
-    except nats.errors.TimeoutError as e:
-        raise TemporaryError(f"KV create {key} timed out") from e
     return True
 
 
@@ -56,23 +83,21 @@ async def kv_cas(kv: KeyValue, key: str, value: Any, last: int | None) -> int:
     `last`. Returns the new revision; raises ConflictError when someone else wrote in between."""
     data = json.dumps(value, separators=(",", ":")).encode()
     try:
-        if last is None:
-            return int(await kv.create(key, data))
-        return int(await kv.update(key, data, last=last))
+        with nats_errors(f"KV write {key}"):
+            if last is None:
+                return int(await kv.create(key, data))
+            return int(await kv.update(key, data, last=last))
     except nats.js.errors.KeyWrongLastSequenceError as e:
         raise ConflictError(f"KV {key}: written by someone else (expected revision {last})") from e
-    except nats.errors.TimeoutError as e:
-        raise TemporaryError(f"KV write {key} timed out") from e
 
 
 async def kv_entries(kv: KeyValue, prefix: str) -> dict[str, tuple[Any, int]]:
     """Every live key under `prefix` (dot-separated, e.g. `cluster.`) with its JSON value and revision."""
     try:
-        keys = await kv.keys()
+        with nats_errors("KV keys"):
+            keys = await kv.keys()
     except nats.js.errors.NoKeysError:
         return {}
-    except nats.errors.TimeoutError as e:
-        raise TemporaryError("KV keys timed out") from e
     out: dict[str, tuple[Any, int]] = {}
     for key in keys:
         if key.startswith(prefix):
@@ -89,8 +114,7 @@ async def kv_items(kv: KeyValue, prefix: str) -> dict[str, Any]:
 
 async def kv_delete(kv: KeyValue, key: str) -> None:
     try:
-        await kv.delete(key)
+        with nats_errors(f"KV delete {key}"):
+            await kv.delete(key)
     except nats.js.errors.KeyNotFoundError:
         return
-    except nats.errors.TimeoutError as e:
-        raise TemporaryError(f"KV delete {key} timed out") from e

@@ -1,4 +1,4 @@
-"""Leader election with fencing (DESIGN §2.4, §5, §6b): one replica acts, every replica watches.
+"""Leader election with fencing (DESIGN §2.4, §5, §6b, §12): one replica acts, every replica watches.
 
 The lease is the `leader` key of KV `failover-leader`, whose bucket TTL is the lease TTL. A follower
 takes it with `kv.create` (possible only once the key is gone: the leader died or stopped renewing);
@@ -6,7 +6,17 @@ its `term` is the revision at acquisition. The leader renews with compare-and-se
 against the revision it last wrote. It stops acting at TTL minus a margin after its last successful
 renewal, by its own monotonic clock, so it has stepped down before anyone else can take the lease, even
 when it cannot reach NATS to learn that. `fence()` raises for anything that would act without a
-current lease: actuators and the run executor call it before every effect.
+current lease: actuators and the run executor call it right before every effect.
+
+Liveness (§12):
+- A leader that stepped down only because it could not reach NATS (or JetStream) keeps the term and the
+  revision it holds. When NATS answers again it compare-and-sets that revision at once (woken by the
+  reconnect, not after the TTL): if nobody wrote the lease meanwhile, it leads again under the same term.
+- Election callbacks (persist the view, resume runs, catch up balancers) run in a task of their own, so
+  the loop goes on renewing while they work: a slow balancer cannot cost the lease. Deposition cancels
+  them before the deposed callbacks run.
+- Every replica writes its vantage name into the lease it holds, and followers read it: the daemon's
+  in-process probing is one vantage whatever the replicas are called (`daemon_vantages`).
 
 With an embedded NATS there is nobody to elect with: the single replica leads, and a second daemon on
 the same `state_dir` is refused by an exclusive lock.
@@ -29,6 +39,7 @@ import structlog
 
 from orchestrator.bus.client import Bus
 from orchestrator.bus.kv import ConflictError
+from orchestrator.core.aio import wait_any
 from orchestrator.core.errors import OrchestratorError, PermanentError
 
 log = structlog.get_logger(__name__)
@@ -52,6 +63,8 @@ class Leadership:
         margin_s: float = 2.0,
         holder: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        vantage: str | None = None,
+        deposed_timeout_s: float = 10.0,
     ) -> None:
         if margin_s >= ttl_s or renew_s >= ttl_s - margin_s:
             raise PermanentError("leadership: need renew_interval < lease_ttl - margin")
@@ -61,24 +74,33 @@ class Leadership:
         self.margin_s = margin_s
         self.holder = holder or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.clock = clock
+        self.vantage = vantage
+        self.deposed_timeout_s = deposed_timeout_s
         self.term: int | None = None
         self._revision: int | None = None
+        self._held: tuple[int, int] | None = None
+        """(term, revision) kept after stepping down for lack of NATS: resumed by CAS when it answers."""
         self._valid_until = float("-inf")
         self.on_elected: list[Callback] = []
         self.on_deposed: list[Callable[[], Awaitable[None]]] = []
         self.elected = asyncio.Event()
+        self.daemon_vantages: set[str] = {vantage} if vantage else set()
+        """Vantage names the daemon's replicas report under, read from the leases they held."""
+        self._callbacks: asyncio.Task[None] | None = None
+        self.elections = 0
+        self.resumptions = 0
 
     @property
     def is_leader(self) -> bool:
         return self.term is not None and self.clock() < self._valid_until
 
     def fence(self) -> None:
-        """Raise unless this replica holds a current lease: called before every effect."""
+        """Raise unless this replica holds a current lease: called right before every effect."""
         if not self.is_leader:
             raise NotLeader(f"{self.holder} does not hold the leader lease (term {self.term}); not acting")
 
     def describe(self) -> dict[str, Any]:
-        return {"holder": self.holder, "leader": self.is_leader, "term": self.term}
+        return {"holder": self.holder, "leader": self.is_leader, "term": self.term, "vantage": self.vantage}
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.bus is None:  # embedded NATS: the only replica
@@ -86,17 +108,31 @@ class Leadership:
             self._valid_until = float("inf")
             await self._elected()
             await stop.wait()
+            await self._cancel_callbacks()
             return
         try:
             while not stop.is_set():
-                if self.term is not None and not self.is_leader:
-                    await self._deposed("the lease ran out before a renewal succeeded")
-                await (self._renew() if self.term is not None else self._acquire())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.renew_s)
+                await self.step()
+                self.bus.reconnected.clear()
+                await wait_any(stop, self.bus.reconnected, timeout_s=self.renew_s)
         finally:
+            await self._cancel_callbacks()
             if self.term is not None and self.bus is not None:
                 await self._release()
+
+    async def step(self) -> None:
+        """One turn of the loop: renew, resume, or try to acquire."""
+        if self.term is not None and not self.is_leader:
+            # our own clock says the lease may have run out: stop acting now, keep what we held
+            assert self._revision is not None
+            self._held = (self.term, self._revision)
+            await self._deposed("the lease ran out before a renewal succeeded (NATS unreachable?)")
+        if self.term is not None:
+            await self._renew()
+        elif self._held is not None:
+            await self._resume()
+        else:
+            await self._acquire()
 
     async def _acquire(self) -> None:
         assert self.bus is not None
@@ -104,7 +140,8 @@ class Leadership:
         try:
             revision = await Bus.kv_cas(self.bus.kv.leader, LEADER_KEY, self._value(None), None)
         except ConflictError:
-            return  # someone leads
+            await self._learn_holder()  # someone leads
+            return
         except OrchestratorError as e:
             log.warning("leader.acquire_failed", error=str(e))
             return
@@ -115,6 +152,29 @@ class Leadership:
             return
         self.term = revision
         self._valid_until = started + self.ttl_s - self.margin_s
+        self.elections += 1
+        await self._elected()
+
+    async def _resume(self) -> None:
+        """NATS answers again: if nobody wrote the lease since our last renewal, lead on, same term."""
+        assert self.bus is not None and self._held is not None
+        term, revision = self._held
+        started = self.clock()
+        try:
+            self._revision = await Bus.kv_cas(self.bus.kv.leader, LEADER_KEY, self._value(term), revision)
+        except ConflictError:
+            log.info("leader.not_resumed", term=term, reason="the lease changed while NATS was away")
+            self._held = None
+            await self._acquire()  # expired and gone: take it anew; held by another: follow
+            return
+        except OrchestratorError as e:
+            log.info("leader.resume_failed", term=term, error=str(e))
+            return
+        self._held = None
+        self.term = term
+        self._valid_until = started + self.ttl_s - self.margin_s
+        self.resumptions += 1
+        log.info("leader.resumed", holder=self.holder, term=term)
         await self._elected()
 
     async def _renew(self) -> None:
@@ -125,6 +185,7 @@ class Leadership:
                 self.bus.kv.leader, LEADER_KEY, self._value(self.term), self._revision
             )
         except ConflictError:
+            self._held = None
             await self._deposed("another replica holds the lease now")
             return
         except OrchestratorError as e:
@@ -133,6 +194,16 @@ class Leadership:
             )
             return
         self._valid_until = started + self.ttl_s - self.margin_s
+
+    async def _learn_holder(self) -> None:
+        """Read who leads, to know the vantage its in-process prober reports under."""
+        assert self.bus is not None
+        with contextlib.suppress(OrchestratorError):
+            found = await Bus.kv_get(self.bus.kv.leader, LEADER_KEY)
+            if found is not None and isinstance(found[0], dict):
+                vantage = found[0].get("vantage")
+                if isinstance(vantage, str) and vantage and len(self.daemon_vantages) < 1000:
+                    self.daemon_vantages.add(vantage)
 
     async def _release(self) -> None:
         """On a clean shutdown hand the lease over at once instead of making followers wait for the TTL."""
@@ -143,14 +214,35 @@ class Leadership:
         self.term = None
 
     def _value(self, term: int | None) -> dict[str, Any]:
-        return {"holder": self.holder, "term": term, "renewed_at": time.time()}
+        return {"holder": self.holder, "term": term, "renewed_at": time.time(), "vantage": self.vantage}
 
     async def _elected(self) -> None:
         assert self.term is not None
-        log.info("leader.elected", holder=self.holder, term=self.term)
+        term = self.term
+        log.info("leader.elected", holder=self.holder, term=term)
         self.elected.set()
+        await self._cancel_callbacks()
+        self._callbacks = asyncio.get_running_loop().create_task(
+            self._run_elected(term), name=f"leader-elected-{term}"
+        )
+
+    async def _run_elected(self, term: int) -> None:
+        """The election callbacks, outside the lease loop; each bounds its own work."""
         for callback in self.on_elected:
-            await callback(self.term)
+            if not self.is_leader or self.term != term:
+                return
+            try:
+                await callback(term)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("leader.elected_callback_failed", term=term)
+
+    async def _cancel_callbacks(self) -> None:
+        task, self._callbacks = self._callbacks, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _deposed(self, why: str) -> None:
         log.warning("leader.deposed", holder=self.holder, term=self.term, reason=why)
@@ -158,8 +250,15 @@ class Leadership:
         self._revision = None
         self._valid_until = float("-inf")
         self.elected.clear()
+        await self._cancel_callbacks()
         for callback in self.on_deposed:
-            await callback()
+            try:
+                async with asyncio.timeout(self.deposed_timeout_s):
+                    await callback()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("leader.deposed_callback_failed")
 
 
 class StateDirLock:

@@ -61,6 +61,15 @@ class StateStore:
     async def items(self, prefix: str) -> dict[str, Any]:
         return await Bus.kv_items(self._kv, prefix)
 
+    async def desired_weights(self) -> dict[tuple[str, str], int]:
+        """(balancer, cluster) -> the weight we set and hold (`desired.lb.<balancer>.<cluster>`)."""
+        out: dict[tuple[str, str], int] = {}
+        for key, value in (await self.items("desired.lb.")).items():
+            _, _, balancer, cluster = key.split(".", 3)
+            if isinstance(value, dict) and isinstance(value.get("weight"), int):
+                out[(balancer, cluster)] = value["weight"]
+        return out
+
     async def pause_for(self, cluster: str | None) -> tuple[str, dict[str, Any]] | None:
         """The pause in force for `cluster` (the global one first), as (key, record), or None."""
         now = time.time()

@@ -47,6 +47,16 @@ class Config(Model):
     base_dir: str = Field(default=".", exclude=True)
     """Directory of the config file: relative paths in it (state_dir, playbooks) resolve from here."""
 
+    @property
+    def daemon_vantage(self) -> str:
+        """The one vantage the management cluster's probing counts as, whatever the replicas are called."""
+        return self.detection.daemon_vantage or self.probing.vantage
+
+    @property
+    def counted_vantages(self) -> list[str]:
+        """`detection.vantages`, or the daemon's own vantage alone."""
+        return list(self.detection.vantages or [self.daemon_vantage])
+
     def cluster(self, name: str) -> ClusterConfig:
         for c in self.clusters:
             if c.name == name:
@@ -153,10 +163,21 @@ def _cross_checks(source: Source, config: Config) -> list[Problem]:
                     f"(available: {', '.join(sorted(IMPLEMENTED_NOTIFIERS))})",
                 )
             )
+    vantages = config.detection.vantages or []
+    for vantage in {v for v in vantages if vantages.count(v) > 1}:
+        problems.append(source.problem(("detection", "vantages"), f"{vantage!r} is listed twice"))
     if isinstance(config.detection.quorum, int):
         probers = config.detection.quorum
         if probers < 1:
             problems.append(source.problem(("detection", "quorum"), "must be at least 1"))
+        elif probers > len(config.counted_vantages):
+            problems.append(
+                source.problem(
+                    ("detection", "quorum"),
+                    f"{probers} vantages can never agree: detection.vantages counts "
+                    f"{len(config.counted_vantages)} ({', '.join(config.counted_vantages)})",
+                )
+            )
     return problems
 
 

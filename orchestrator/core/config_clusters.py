@@ -10,24 +10,49 @@ import re
 import socket
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from orchestrator.core.config_fields import HttpUrlStr, Model, Name, Seconds
+
+VANTAGE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _vantage(value: object) -> object:
+    """A vantage name is one NATS subject token (`failover.health.<vantage>.<cluster>.<probe>`)."""
+    if isinstance(value, str) and not VANTAGE_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a vantage name: letters, digits, '-' and '_' only (it is one NATS subject "
+            "token), at most 64"
+        )
+    return value
+
+
+Vantage = Annotated[str, BeforeValidator(_vantage)]
+
+
+def default_vantage() -> str:
+    """The host name (the pod name in Kubernetes), made a valid subject token."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "local"
 
 
 class ProbingConfig(Model):
     interval_s: Seconds = Field(default=1.0, alias="interval", gt=0)
     """1 s rounds with a 3-round threshold move traffic in ~3-4 s, well ahead of DNS-based failover."""
     timeout_s: Seconds = Field(default=0.8, alias="timeout", gt=0)
-    """Below the interval so a black-holed endpoint cannot make rounds overlap."""
+    """Below the interval so a black-holed endpoint cannot make rounds overlap. When not set it follows
+    the interval: min(800ms, 0.8 x interval), so `interval: 500ms` alone is a valid config."""
     jitter_s: Seconds = Field(default=0.05, alias="jitter", ge=0)
     """Spreads probes inside a round so a fleet does not hit NATS in one burst; kept under 100 ms."""
     concurrency: int = Field(default=64, ge=1)
     """Probes in flight at once per prober: bounds sockets and CPU on a large fleet."""
-    vantage: str = Field(default_factory=socket.gethostname)
+    vantage: Vantage = Field(default_factory=default_vantage)
+    """This process's vantage name. The daemon's in-process prober reports under
+    `detection.daemon_vantage` when that is set, else under this name."""
 
     @model_validator(mode="after")
     def _timeout_below_interval(self) -> ProbingConfig:
+        if "timeout_s" not in self.model_fields_set:
+            object.__setattr__(self, "timeout_s", min(0.8, 0.8 * self.interval_s))
         if self.timeout_s > self.interval_s:
             raise ValueError("probing.timeout must not exceed probing.interval (rounds would overlap)")
         return self
@@ -48,6 +73,14 @@ class DetectionConfig(Model):
     """Healthy this long before failback, so a cluster that bounces is not handed traffic twice."""
     max_failed_fraction: float = Field(default=0.5, gt=0, le=1)
     flap: FlapConfig = FlapConfig()
+    vantages: list[Vantage] | None = Field(default=None, min_length=1)
+    """The vantages whose reports count (DESIGN §12); `quorum: majority` is the majority of this list,
+    so vantages that went silent can never lower the quorum. Reports from any other vantage are counted
+    and dropped. Default: the daemon's own vantage only."""
+    daemon_vantage: Vantage | None = None
+    """The name the management cluster's own probing (the in-process prober of whichever replica
+    leads) reports and counts under. Default: `probing.vantage`. Set it when replicas have per-pod
+    vantage names and `vantages` lists several: every replica then reports as this one vantage."""
 
 
 class KubernetesRef(Model):

@@ -19,6 +19,13 @@ class Metrics:
             "Valid reports dropped: unknown cluster/probe, duplicate, superseded boot",
             registry=r,
         )
+        self.reports_dropped = Counter(
+            "failover_reports_dropped",
+            "Valid reports dropped before the detector: unknown_vantage (not in detection.vantages), "
+            "stale (made longer than stale_after ago, e.g. buffered through a NATS outage)",
+            ["reason"],
+            registry=r,
+        )
         self.malformed = Counter(
             "failover_malformed_messages",
             "Messages that did not parse, dropped",
@@ -60,6 +67,21 @@ class Metrics:
             ["playbook", "action", "outcome"],
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300),
             registry=r,
+        )
+        self.balancer_readable = Gauge(
+            "failover_balancer_readable",
+            "1 when the leader's last read of this balancer answered, 0 when it could not be read",
+            ["balancer"],
+            registry=r,
+        )
+        self.failed_cluster_weighted = Gauge(
+            "failover_failed_cluster_weighted",
+            "1 while a failed cluster still carries traffic in some balancer (page on it)",
+            ["cluster"],
+            registry=r,
+        )
+        self.task_restarts = Counter(
+            "failover_task_restarts", "Daemon tasks that died and were restarted", ["task"], registry=r
         )
         self.up = Gauge("failover_up", "1 while the daemon runs", registry=r)
 

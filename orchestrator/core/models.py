@@ -39,7 +39,7 @@ class Message(BaseModel):
 
 
 class HealthReport(Message):
-    """`failover.health.<cluster>.<probe>`: one probe result from one vantage point."""
+    """`failover.health.<vantage>.<cluster>.<probe>`: one probe result from one vantage point."""
 
     cluster: str = Field(min_length=1, max_length=63)
     probe: str = Field(min_length=1, max_length=63)

@@ -18,8 +18,10 @@ KV_RUNS = "failover-runs"
 KV_STATE = "failover-state"
 
 
-def health(cluster: str, probe: str) -> str:
-    return f"{HEALTH_PREFIX}.{cluster}.{probe}"
+def health(vantage: str, cluster: str, probe: str) -> str:
+    """`failover.health.<vantage>.<cluster>.<probe>` (DESIGN §12): the vantage leads, so a NATS
+    permission can bind a prober's credential to its own vantage (`failover.health.eu-prober.>`)."""
+    return f"{HEALTH_PREFIX}.{vantage}.{cluster}.{probe}"
 
 
 def cluster_events(cluster: str) -> str:

@@ -25,7 +25,7 @@ def evaluate_all(state: DetectorState, now: float, out: list[Output]) -> None:
 
 
 def required_quorum(settings: Settings, known_vantages: int) -> int:
-    """`majority` of known vantages (at least 2 once two are known), or the configured integer."""
+    """`majority` of the listed (or known) vantages, at least 2 once two count; or the configured integer."""
     if settings.quorum != "majority":
         return int(settings.quorum)
     if known_vantages <= 1:
@@ -34,6 +34,10 @@ def required_quorum(settings: Settings, known_vantages: int) -> int:
 
 
 def known_vantages(state: DetectorState, now: float) -> int:
+    """How many vantages `majority` counts over: the configured list (DESIGN §12), or, for a detector
+    built without one (tests of the pure machine), the vantages seen in the last hour."""
+    if state.settings.vantages is not None:
+        return len(state.settings.vantages)
     window = state.settings.known_vantage_window_s
     return sum(1 for seen in state.vantages.values() if now - seen <= window)
 

@@ -11,7 +11,7 @@ Rules (DESIGN §6):
 - a vantage is fresh while its last report is younger than `stale_after`; silence counts neither up nor
   down, and no fresh vantage makes a cluster `unknown`, never `failed`;
 - `failed` needs `quorum` fresh vantages seeing a `fail`-impact probe failing for `failure_threshold`
-  rounds (`majority`: of the vantages seen in the last hour, at least 2 once 2 are known); fewer, a
+  rounds (`majority`: of the listed `detection.vantages`, at least 2 once 2 are listed); fewer, a
   failing `degrade`-impact probe, or a latency limit exceeded give `degraded`;
 - `failed` is sticky, through silence too: it ends only by recovering (quorum of fresh vantages past
   `success_threshold`, none failing, held for `recovery_hold`), which emits `cluster.recovered`;
@@ -60,6 +60,9 @@ class Settings:
     flap_max_transitions: int = 4
     flap_window_s: float = 600.0
     known_vantage_window_s: float = 3600.0
+    vantages: tuple[str, ...] | None = None
+    """`detection.vantages`: the vantages whose reports count; `majority` is over this list (DESIGN
+    §12). The service drops reports from other vantages before they reach the machine."""
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
@@ -74,6 +77,7 @@ class Settings:
             max_failed_fraction=d.max_failed_fraction,
             flap_max_transitions=d.flap.max_transitions,
             flap_window_s=d.flap.window_s,
+            vantages=tuple(config.counted_vantages),
         )
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import structlog
@@ -46,6 +46,8 @@ class DetectionService:
         tick_interval_s: float = 0.1,
         clock: Callable[[], float] = time.time,
         is_leader: Callable[[], bool] = lambda: True,
+        own_vantage: str | None = None,
+        daemon_vantages: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.state = state
         self.bus = bus
@@ -55,6 +57,16 @@ class DetectionService:
         self.clock = clock
         self.is_leader = is_leader
         """Followers decide exactly as the leader does, but only the leader publishes and persists."""
+        listed = state.settings.vantages
+        self.vantages: frozenset[str] | None = frozenset(listed) if listed is not None else None
+        """`detection.vantages`: reports from any other vantage are counted and dropped (DESIGN §12)."""
+        self.own_vantage = own_vantage
+        self.daemon_vantages = daemon_vantages
+        """The names the daemon's replicas report under (learnt from the lease, which only the daemon's
+        credential can write): the management cluster's probing is one vantage whatever the replicas
+        are called, so their reports are counted as `own_vantage`."""
+        self.unlisted: dict[str, float] = {}
+        """Unlisted vantage -> when it last reported (monotonic), for /api/v1/status."""
         self.consuming = False
         self.started = asyncio.Event()
         """Set once state is rebuilt (KV + replay) and live reports are being applied."""
@@ -125,8 +137,9 @@ class DetectionService:
             subjects.STREAM_HEALTH, subjects.HEALTH_ALL, window
         ):
             report = self._parse(subject, data, count=False)
-            if report is not None:
-                self._apply(report, stored_at)
+            admitted = self._admit(report, count=False) if report is not None else None
+            if admitted is not None:
+                self._apply(admitted, stored_at)
                 replayed += 1
         buffered, self._buffer = self._buffer or [], None
         for subject, data in buffered:
@@ -149,9 +162,46 @@ class DetectionService:
 
     def _handle(self, subject: str, data: bytes) -> None:
         report = self._parse(subject, data)
-        if report is not None:
-            (self._ok_reports if report.ok else self._failed_reports).inc()
-            self._apply(report, self.clock())
+        if report is None:
+            return
+        now = self.clock()
+        if now - report.ts.timestamp() > self.state.settings.stale_after_s:
+            # made long ago: buffered by a publisher through a NATS outage, or a replay. Old news is not
+            # fresh evidence; the stream replay on start is the only place history is applied.
+            self.metrics.reports_dropped.labels(reason="stale").inc()
+            return
+        admitted = self._admit(report)
+        if admitted is not None:
+            (self._ok_reports if admitted.ok else self._failed_reports).inc()
+            self._apply(admitted, now)
+
+    def _admit(self, report: HealthReport, count: bool = True) -> HealthReport | None:
+        """The report as the detector should see it, or None when its vantage does not count."""
+        vantage = report.vantage
+        if self.own_vantage is not None and vantage != self.own_vantage and vantage in self.daemon_vantages():
+            # another replica's in-process prober: the management cluster is one vantage
+            report = report.model_copy(update={"vantage": self.own_vantage})
+            vantage = report.vantage
+        if self.vantages is None or vantage in self.vantages:
+            return report
+        if count:
+            self.metrics.reports_dropped.labels(reason="unknown_vantage").inc()
+            if vantage not in self.unlisted:
+                log.warning(
+                    "health.unlisted_vantage",
+                    vantage=vantage[:100],
+                    hint="its reports do not count: add it to detection.vantages",
+                    listed=sorted(self.vantages),
+                )
+            self.unlisted[vantage] = time.monotonic()
+            if len(self.unlisted) > 1000:  # bounded: anyone able to publish could invent names
+                del self.unlisted[min(self.unlisted, key=self.unlisted.__getitem__)]
+        return None
+
+    def unlisted_vantages(self, within_s: float = 3600.0) -> list[str]:
+        """Vantages not in detection.vantages that reported recently: a forgotten prober is never silent."""
+        now = time.monotonic()
+        return sorted(v for v, seen in self.unlisted.items() if now - seen <= within_s)
 
     def _parse(self, subject: str, data: bytes, count: bool = True) -> HealthReport | None:
         try:
@@ -164,9 +214,12 @@ class DetectionService:
                     f"{e.errors(include_url=False)[0]['msg']}",
                 )
             return None
-        if subject != subjects.health(report.cluster, report.probe):
+        if subject != subjects.health(report.vantage, report.cluster, report.probe):
             if count:
-                self._malformed(subject, f"subject does not match body ({report.cluster}/{report.probe})")
+                self._malformed(
+                    subject,
+                    f"subject does not match body ({report.vantage}/{report.cluster}/{report.probe})",
+                )
             return None
         return report
 

@@ -63,6 +63,14 @@ class Prober:
         self._session: aiohttp.ClientSession | None = None
         self._kube: KubeClients | None = None
 
+    def new_boot(self) -> None:
+        """Start a new boot: the daemon's in-process prober does on every election, so when leadership
+        goes R1 -> R2 -> R1 under one vantage name, R1's new reports are never taken for the boot that
+        R2's superseded (DESIGN §12)."""
+        self.boot_id = uuid.uuid4().hex[:12]
+        self.seq = 0
+        log.info("prober.new_boot", vantage=self.vantage, boot_id=self.boot_id)
+
     async def run(self, stop: asyncio.Event) -> None:
         interval = self.config.probing.interval_s
         connector = aiohttp.TCPConnector(
@@ -113,7 +121,7 @@ class Prober:
             ts=utc_now(),
         )
         try:
-            await self.publish(subjects.health(cluster.name, probe.name), report.to_json())
+            await self.publish(subjects.health(self.vantage, cluster.name, probe.name), report.to_json())
         except Exception as e:  # the bus is down: the next round tries again
             log.warning("prober.publish_failed", cluster=cluster.name, probe=probe.name, error=str(e))
 

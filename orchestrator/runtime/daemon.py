@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,11 +24,11 @@ from orchestrator.bus.client import Bus
 from orchestrator.bus.leadership import Leadership, StateDirLock
 from orchestrator.bus.state import StateStore
 from orchestrator.core import subjects
-from orchestrator.core.aio import wait_any
+from orchestrator.core.aio import Supervisor
 from orchestrator.core.config import Config
-from orchestrator.core.errors import OrchestratorError, ValidationFailed
+from orchestrator.core.errors import OrchestratorError, TemporaryError
 from orchestrator.core.metrics import Metrics
-from orchestrator.core.models import RunEvent, SystemEvent, new_id
+from orchestrator.core.models import RunEvent, SystemEvent
 from orchestrator.detection.machine import DetectorState
 from orchestrator.detection.service import DetectionService
 from orchestrator.kube.client import KubeClients
@@ -38,31 +36,26 @@ from orchestrator.notifiers import build_notifier
 from orchestrator.playbooks.actions import Services
 from orchestrator.playbooks.approvals import ApprovalBook
 from orchestrator.playbooks.journal import BusJournal
-from orchestrator.playbooks.loader import load_playbooks, playbook_files
+from orchestrator.playbooks.loader import load_playbooks
 from orchestrator.playbooks.runner import Runner
 from orchestrator.probes.prober import Prober
 from orchestrator.runtime.reconcile import Reconciler
+from orchestrator.runtime.reload import PlaybookWatcher
+from orchestrator.runtime.watchdog import DrainWatchdog, catch_up_event
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_S = 20.0
 
 
-def create_guarded_task(
-    coro: Coroutine[Any, Any, None], name: str, stop: asyncio.Event
-) -> asyncio.Task[None]:
-    """A named forever-task; if it dies, the failure is logged and the daemon is asked to stop."""
+class DaemonFailed(OrchestratorError):
+    """The daemon stopped because a task kept dying: the process exits non-zero."""
 
-    async def guard() -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("task.died", task=name)
-            stop.set()
 
-    return asyncio.get_running_loop().create_task(guard(), name=name)
+ELECTION_STEP_S = 10.0
+"""Each part of taking over (persist the view, resume runs) is bounded: a slow bus cannot stall it."""
+TOPOLOGY_WAIT_S = 60.0
+"""How long start-up waits for JetStream to answer (a NATS cluster electing its JetStream leader)."""
 
 
 class Daemon:
@@ -85,13 +78,17 @@ class Daemon:
         self._lead_task: asyncio.Task[None] | None = None
         self.balancers: dict[str, BalancerActuator] = {}
         self.ready = asyncio.Event()
-        self._reload_now = asyncio.Event()
+        self.watcher: PlaybookWatcher | None = None
+        self.watchdog: DrainWatchdog | None = None
+        self.prober: Prober | None = None
+        self.supervisor: Supervisor | None = None
 
     def readiness(self) -> dict[str, Any]:
         return {
             "nats": bool(self.bus and self.bus.nc.is_connected),
             "detector": bool(self.detection and self.detection.consuming),
             "leader": bool(self.leadership and self.leadership.is_leader),  # informative: followers are ready
+            **(self.watchdog.healthy() if self.watchdog else {}),
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -101,14 +98,28 @@ class Daemon:
             self._lock = StateDirLock(config.state_path)
             self._lock.acquire()
         self.bus = bus = await Bus.connect(config.nats, config.state_path)
-        tasks: list[asyncio.Task[None]] = []
+        self.supervisor = supervisor = Supervisor(
+            stop, on_restart=lambda name: self.metrics.task_restarts.labels(task=name).inc()
+        )
+        tasks = supervisor.tasks
         session = aiohttp.ClientSession()
         try:
             lead = config.leadership
-            await bus.ensure_topology(leader_ttl_s=lead.lease_ttl_s)
+            await _ensure_topology(bus, lead.lease_ttl_s, stop)
             self.leadership = leadership = Leadership(
-                None if bus.embedded else bus, lead.lease_ttl_s, lead.renew_interval_s, lead.margin_s
+                None if bus.embedded else bus,
+                lead.lease_ttl_s,
+                lead.renew_interval_s,
+                lead.margin_s,
+                vantage=config.daemon_vantage,
             )
+            if self.run_probes and config.daemon_vantage not in config.counted_vantages:
+                log.warning(
+                    "detection.own_vantage_not_counted",
+                    vantage=config.daemon_vantage,
+                    vantages=config.counted_vantages,
+                    hint="the in-process probing does not count: add it to detection.vantages",
+                )
             store = StateStore(bus)
             state = DetectorState.from_config(config)
             nominal = {c.name: c.weight for c in config.clusters}
@@ -186,6 +197,8 @@ class Daemon:
                 on_event,
                 tick_interval_s=min(0.25, config.probing.interval_s / 4),
                 is_leader=lambda: leadership.is_leader,
+                own_vantage=config.daemon_vantage,
+                daemon_vantages=lambda: leadership.daemon_vantages,
             )
             self.commands = Commands(
                 config,
@@ -220,24 +233,63 @@ class Daemon:
                 config.api.port,
             )
             await self.api.start()
-            detector_task = create_guarded_task(detection.run(stop), "detector", stop)
-            tasks.append(detector_task)
+            detector_task = supervisor.spawn("detector", lambda: detection.run(stop))
             started = asyncio.ensure_future(detection.started.wait())
             await asyncio.wait([started, detector_task], return_when=asyncio.FIRST_COMPLETED)
             if not started.done():  # the detector died while rebuilding: the guard has set `stop`
                 started.cancel()
             commands = self.commands
 
+            def busy(cluster: str) -> bool:
+                return any(r.event.get("cluster") == cluster for r in runner.active.values())
+
+            async def paused(cluster: str) -> bool:
+                return await store.pause_for(cluster) is not None
+
+            async def held() -> set[tuple[str, str]]:
+                return {pair for pair, weight in (await store.desired_weights()).items() if weight == 0}
+
+            self.watchdog = watchdog = DrainWatchdog(
+                balancers,
+                states,
+                busy,
+                paused,
+                held,
+                lambda cluster, serving, attempt: runner.on_event(catch_up_event(cluster, serving, attempt)),
+                self._system_event,
+                self.metrics,
+                interval_s=config.reconcile.interval_s,
+            )
+            if self.run_probes:
+                self.prober = Prober(
+                    config,
+                    bus.publish_live,  # a report gathered while NATS is away is dropped, not sent late
+                    vantage=config.daemon_vantage,
+                    baseline=store.original_scale,
+                    should_publish=lambda: leadership.is_leader,
+                )
+
             async def elected(term: int) -> None:
+                """Runs outside the lease loop (renewals go on meanwhile); each part is bounded."""
                 self.metrics.leader.set(1)
                 self.metrics.leader_term.set(term)
-                await detection.persist_all()  # what followers decided silently is now ours to keep
+                if self.prober is not None:
+                    self.prober.new_boot()  # R1 -> R2 -> R1: R1's reports are never taken as superseded
+                try:  # what followers decided silently is now ours to keep
+                    async with asyncio.timeout(ELECTION_STEP_S):
+                        await detection.persist_all()
+                except TimeoutError:
+                    log.warning("leader.persist_slow", term=term)
                 await commands.serve_nats()
                 runner.acting = True
-                resumed = await runner.resume_unfinished()
-                if resumed:
-                    log.info("runs.resumed", runs=resumed, term=term)
-                await self._catch_up(states(), runner)
+                try:
+                    async with asyncio.timeout(ELECTION_STEP_S):
+                        resumed = await runner.resume_unfinished()
+                    if resumed:
+                        log.info("runs.resumed", runs=resumed, term=term)
+                except (TimeoutError, OrchestratorError) as e:
+                    log.error("runs.resume_failed", term=term, error=str(e) or "timeout")
+                watchdog.kick()  # a failed cluster still carrying traffic is drained (own task, bounded)
                 reconciler.kick()  # on taking over: what we hold is checked at once
                 await self._system_event(
                     "leader.changed", f"{leadership.holder} leads (term {term})", leadership.describe()
@@ -251,21 +303,18 @@ class Daemon:
             leadership.on_elected.append(elected)
             leadership.on_deposed.append(deposed)
             # the lease outlives the other tasks: running steps reach a journalled point while we still lead
-            self._lead_task = create_guarded_task(leadership.run(self._lead_stop), "leadership", stop)
-            tasks.append(create_guarded_task(self._watch_playbooks(stop), "playbook-watcher", stop))
-            tasks.append(
-                create_guarded_task(
-                    reconciler.run(stop, active=lambda: leadership.is_leader), "reconciler", stop
-                )
+            self._lead_task = supervisor.spawn(
+                "leadership", lambda: leadership.run(self._lead_stop), tracked=False
             )
-            if self.run_probes:
-                prober = Prober(
-                    config,
-                    bus.publish,
-                    baseline=store.original_scale,
-                    should_publish=lambda: leadership.is_leader,
-                )
-                tasks.append(create_guarded_task(prober.run(stop), "prober", stop))
+            self.watcher = watcher = PlaybookWatcher(config, runner, self._system_event)
+            supervisor.spawn("playbook-watcher", lambda: watcher.run(stop))
+            supervisor.spawn("reconciler", lambda: reconciler.run(stop, active=lambda: leadership.is_leader))
+            supervisor.spawn(
+                "drain-watchdog", lambda: watchdog.run(stop, active=lambda: leadership.is_leader)
+            )
+            if self.prober is not None:
+                prober = self.prober
+                supervisor.spawn("prober", lambda: prober.run(stop))
             self.metrics.up.set(1)
             self.ready.set()
             log.info(
@@ -279,6 +328,8 @@ class Daemon:
         finally:
             self.metrics.up.set(0)
             await self._shutdown(tasks, session)
+        if supervisor.failed:
+            raise DaemonFailed(supervisor.failed)
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]], session: aiohttp.ClientSession) -> None:
         if tasks:
@@ -312,6 +363,7 @@ class Daemon:
             "clusters": states,
             "frozen": bool(self.detection and self.detection.state.frozen),
             "suspect_vantages": sorted(self.detection.state.suspects) if self.detection else [],
+            "unlisted_vantages": self.detection.unlisted_vantages() if self.detection else [],
             "active_runs": {key: run.id for key, run in self.runner.active.items()} if self.runner else {},
             "waiting_approval": sorted(self.approvals.pending()) if self.approvals else [],
             "playbooks": {n: lp.sha256[:12] for n, lp in self.runner.playbooks.items()}
@@ -327,69 +379,10 @@ class Daemon:
                 out[name] = await actuator.get_weights()
         return out
 
-    async def _catch_up(self, states: dict[str, str], runner: Runner) -> None:
-        """A leader that died after its detector decided `failed` but before any run started leaves a
-        failed cluster still carrying traffic, and the decision (persisted) is not made again. On taking
-        over, such a cluster gets its `cluster.failed` run now."""
-        weights = await self.current_weights()
-        for cluster, status in states.items():
-            if status != "failed" or any(r.event.get("cluster") == cluster for r in runner.active.values()):
-                continue
-            serving = sorted(b for b, w in weights.items() if w.get(cluster, 0) > 0)
-            if not serving:
-                continue
-            log.warning("leader.catch_up", cluster=cluster, balancers=serving)
-            await runner.on_event(
-                {
-                    "type": "cluster.failed",
-                    "cluster": cluster,
-                    "from": "unknown",
-                    "to": "failed",
-                    "reason": f"failed, yet still weighted in {', '.join(serving)} when this "
-                    "replica took over",
-                    "evidence": {},
-                    "id": new_id(),
-                    "catch_up": True,
-                }
-            )
-
     def request_reload(self) -> None:
         """SIGHUP: re-read the playbooks now."""
-        self._reload_now.set()
-
-    async def _watch_playbooks(self, stop: asyncio.Event, poll_s: float = 2.0) -> None:
-        """Hot reload on SIGHUP or when a playbook file changes. An invalid set is refused whole: the
-        last good set stays active and a system event says why."""
-        assert self.runner is not None and self.bus is not None
-        seen = _fingerprint(self.config.playbook_paths())
-        while not stop.is_set():
-            await wait_any(self._reload_now, stop, timeout_s=poll_s)
-            if stop.is_set():
-                return
-            forced = self._reload_now.is_set()
-            self._reload_now.clear()
-            current = _fingerprint(self.config.playbook_paths())
-            if current == seen and not forced:
-                continue
-            seen = current
-            try:
-                playbooks = load_playbooks(self.config.playbook_paths(), self.config)
-            except ValidationFailed as e:
-                problems = [str(p) for p in e.problems]
-                log.error("playbooks.rejected", problems=problems)
-                await self._system_event(
-                    "playbooks.rejected",
-                    "invalid playbook set refused; the last good set stays active",
-                    {"problems": problems},
-                )
-                continue
-            self.runner.set_playbooks(playbooks)
-            log.info("playbooks.reloaded", playbooks=sorted(playbooks))
-            await self._system_event(
-                "playbooks.reloaded",
-                f"{len(playbooks)} playbook(s) active",
-                {"playbooks": {n: lp.sha256 for n, lp in playbooks.items()}},
-            )
+        if self.watcher is not None:
+            self.watcher.reload_now.set()
 
     async def _system_event(self, kind: str, reason: str, detail: dict[str, Any]) -> None:
         assert self.bus is not None
@@ -431,10 +424,19 @@ async def run_until_signalled(daemon: Daemon) -> None:
     await daemon.run(stop)
 
 
-def _fingerprint(paths: list[Path]) -> dict[str, tuple[float, int]]:
-    out: dict[str, tuple[float, int]] = {}
-    for file in playbook_files(paths):
-        with contextlib.suppress(OSError):
-            st = file.stat()
-            out[str(file)] = (st.st_mtime, st.st_size)
-    return out
+async def _ensure_topology(bus: Bus, lease_ttl_s: float, stop: asyncio.Event) -> None:
+    """Create the streams and buckets, waiting (bounded) while JetStream does not answer: a NATS cluster
+    electing its JetStream leader is a reason to wait, not to exit."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TOPOLOGY_WAIT_S
+    delay = 0.25
+    while True:
+        try:
+            await bus.ensure_topology(leader_ttl_s=lease_ttl_s)
+            return
+        except TemporaryError as e:
+            if loop.time() + delay > deadline or stop.is_set():
+                raise
+            log.warning("nats.jetstream_unavailable", error=str(e), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -67,11 +67,9 @@ class Reconciler:
         """One pass; returns the drifts found (for tests and the API)."""
         self.passes += 1
         drifts: list[dict[str, Any]] = []
-        desired = await self.store.items("desired.lb.")
         by_balancer: dict[str, dict[str, int]] = {}
-        for key, value in desired.items():
-            _, _, balancer, cluster = key.split(".", 3)
-            by_balancer.setdefault(balancer, {})[cluster] = int(value["weight"])
+        for (balancer, cluster), weight in (await self.store.desired_weights()).items():
+            by_balancer.setdefault(balancer, {})[cluster] = weight
         for name, wanted in by_balancer.items():
             actuator = self.balancers.get(name)
             if actuator is None:
