@@ -12,7 +12,7 @@ import contextlib
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +53,25 @@ def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
 
 MsgHandler = Callable[[Msg], Awaitable[None]]
 
+NO_PEERS = 10005
+"""JetStream's "no suitable peers for placement": a cluster still forming or a peer offline (temporary)."""
+NOT_CLUSTERED = 10074
+"""JetStream's error code for "replicas > 1 not supported in non-clustered mode"."""
+
+
+@contextlib.contextmanager
+def _clustered(what: str) -> Iterator[None]:
+    """`nats.replicas` above 1 on a single nats-server is a configuration error, not a temporary one."""
+    try:
+        yield
+    except nats.js.errors.APIError as e:
+        if e.err_code != NOT_CLUSTERED:
+            raise
+        raise PermanentError(
+            f"cannot create {what}: {e.description}; nats.replicas above 1 needs a NATS cluster "
+            "(set nats.replicas: 1 for a single nats-server)"
+        ) from e
+
 
 @dataclass
 class Buckets:
@@ -70,8 +89,11 @@ class Bus:
         embedded: EmbeddedNats | None = None,
         closing: asyncio.Event | None = None,
         reconnected: asyncio.Event | None = None,
+        replicas: int = 1,
     ) -> None:
         self.nc = nc
+        self.replicas = replicas
+        """JetStream replicas of the streams and KV buckets (`nats.replicas`)."""
         self.closing = closing or asyncio.Event()
         self.reconnected = reconnected or asyncio.Event()
         """Set on every reconnect (whoever waits on it clears it): a leader retries its lease at once."""
@@ -95,7 +117,7 @@ class Bus:
             if embedded:
                 await embedded.stop()
             raise
-        return cls(nc, embedded, closing, reconnected)
+        return cls(nc, embedded, closing, reconnected, replicas=cfg.replicas)
 
     @property
     def kv(self) -> Buckets:
@@ -103,8 +125,17 @@ class Bus:
             raise RuntimeError("ensure_topology() not called")
         return self._kv
 
-    async def ensure_topology(self, leader_ttl_s: float = LEADER_TTL_S) -> None:
-        """Create or update the streams and KV buckets; safe to call from every replica at start."""
+    async def ensure_topology(self, leader_ttl_s: float | None = None) -> None:
+        """Create or update the streams and KV buckets; safe to call from every replica at start.
+
+        `leader_ttl_s` is the lease TTL, which is the leader bucket's TTL: the daemon passes its own and
+        brings an existing bucket to it. Others (a stand-alone prober, a dry run) pass nothing: they
+        create the bucket with LEADER_TTL_S when it is absent and never change the daemon's lease.
+
+        Each has `self.replicas` JetStream replicas (`nats.replicas`). An existing stream or bucket with
+        fewer is scaled up; one with more is left alone, so a prober or a dry run started with the default
+        never shrinks what the daemon created."""
+        replicas = self.replicas
         await self._ensure_stream(
             api.StreamConfig(
                 name=subjects.STREAM_HEALTH,
@@ -113,6 +144,7 @@ class Bus:
                 storage=api.StorageType.FILE,
                 discard=api.DiscardPolicy.OLD,
                 allow_direct=True,
+                num_replicas=replicas,
             )
         )
         await self._ensure_stream(
@@ -122,43 +154,75 @@ class Bus:
                 max_age=EVENTS_MAX_AGE_S,
                 storage=api.StorageType.FILE,
                 discard=api.DiscardPolicy.OLD,
+                num_replicas=replicas,
             )
         )
         self._kv = Buckets(
             leader=await self._ensure_kv(
-                api.KeyValueConfig(bucket=subjects.KV_LEADER, history=1, ttl=leader_ttl_s)
+                api.KeyValueConfig(
+                    bucket=subjects.KV_LEADER,
+                    history=1,
+                    ttl=LEADER_TTL_S if leader_ttl_s is None else leader_ttl_s,
+                    replicas=replicas,
+                ),
+                keep_ttl=leader_ttl_s is None,
             ),
-            runs=await self._ensure_kv(api.KeyValueConfig(bucket=subjects.KV_RUNS, history=5)),
-            state=await self._ensure_kv(api.KeyValueConfig(bucket=subjects.KV_STATE, history=5)),
+            runs=await self._ensure_kv(
+                api.KeyValueConfig(bucket=subjects.KV_RUNS, history=5, replicas=replicas)
+            ),
+            state=await self._ensure_kv(
+                api.KeyValueConfig(bucket=subjects.KV_STATE, history=5, replicas=replicas)
+            ),
         )
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        name = str(config.name)
         try:
-            await self.js.add_stream(config)
+            with _clustered(name):
+                await self.js.add_stream(config)
         except nats.js.errors.BadRequestError as e:
+            if e.err_code == NO_PEERS:
+                raise TemporaryError(f"cannot place stream {config.name} yet: {e.description}") from e
             # 10058: the stream exists with another configuration; bring it to ours.
             if e.err_code != 10058:
                 raise PermanentError(f"cannot create stream {config.name}: {e.description}") from e
-            with nats_errors(f"update stream {config.name}"):
+            with nats_errors(f"update stream {name}"), _clustered(name):
+                info = await self.js.stream_info(name)
+                config.num_replicas = max(config.num_replicas or 1, info.config.num_replicas or 1)
                 await self.js.update_stream(config)
         except nats.errors.Error as e:
             raise TemporaryError(f"JetStream not available creating {config.name}: {e}") from e
 
-    async def _ensure_kv(self, config: api.KeyValueConfig) -> KeyValue:
+    async def _ensure_kv(self, config: api.KeyValueConfig, keep_ttl: bool = False) -> KeyValue:
+        """Create the bucket, or bring an existing one to `config`'s TTL (unless `keep_ttl`) and at
+        least its replicas."""
         try:
-            return await self.js.create_key_value(config)
+            with _clustered(f"KV {config.bucket}"):
+                return await self.js.create_key_value(config)
         except nats.js.errors.BadRequestError:
-            # it exists: bring its TTL to ours (the leader bucket's TTL *is* the lease)
+            # it exists: bring its TTL to ours (the leader bucket's TTL *is* the lease), unless told not to
             stream = f"KV_{config.bucket}"
-            with nats_errors(f"KV bucket {config.bucket}"):
+            with nats_errors(f"KV bucket {config.bucket}"), _clustered(f"KV {config.bucket}"):
                 info = await self.js.stream_info(stream)
+                changed = False
                 wanted = float(config.ttl or 0)
-                if abs(float(info.config.max_age or 0) - wanted) > 0.001:
+                if not keep_ttl and abs(float(info.config.max_age or 0) - wanted) > 0.001:
                     info.config.max_age = wanted
                     if wanted and float(info.config.duplicate_window or 0) > wanted:
                         info.config.duplicate_window = wanted  # NATS refuses a window longer than max age
-                    await self.js.update_stream(info.config)
+                    changed = True
                     log.info("kv.ttl_updated", bucket=config.bucket, ttl_s=wanted)
+                if (info.config.num_replicas or 1) < config.replicas:  # scale up, never down
+                    log.info(
+                        "kv.replicas_updated",
+                        bucket=config.bucket,
+                        replicas=config.replicas,
+                        was=info.config.num_replicas or 1,
+                    )
+                    info.config.num_replicas = config.replicas
+                    changed = True
+                if changed:
+                    await self.js.update_stream(info.config)
                 return await self.js.key_value(config.bucket)
         except nats.errors.Error as e:
             raise TemporaryError(f"JetStream not available creating KV {config.bucket}: {e}") from e

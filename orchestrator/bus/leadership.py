@@ -122,11 +122,14 @@ class Leadership:
 
     async def step(self) -> None:
         """One turn of the loop: renew, resume, or try to acquire."""
+        assert self.bus is not None
         if self.term is not None and not self.is_leader:
             # our own clock says the lease may have run out: stop acting now, keep what we held
             assert self._revision is not None
             self._held = (self.term, self._revision)
             await self._deposed("the lease ran out before a renewal succeeded (NATS unreachable?)")
+        if not self.bus.connected:
+            return  # a write now would wait in nats-py's buffer and land late; the reconnect wakes us
         if self.term is not None:
             await self._renew()
         elif self._held is not None:
@@ -138,16 +141,16 @@ class Leadership:
         assert self.bus is not None
         started = self.clock()
         try:
-            revision = await Bus.kv_cas(self.bus.kv.leader, LEADER_KEY, self._value(None), None)
+            revision = await self._cas(self._value(None), None)
         except ConflictError:
-            await self._learn_holder()  # someone leads
+            await self._learn_holder()  # someone leads (perhaps we do: a renewal that landed late)
             return
-        except OrchestratorError as e:
-            log.warning("leader.acquire_failed", error=str(e))
+        except (OrchestratorError, TimeoutError) as e:
+            log.warning("leader.acquire_failed", error=str(e) or "timeout")
             return
         try:  # the term is the revision at acquisition; write it into the lease itself
-            self._revision = await Bus.kv_cas(self.bus.kv.leader, LEADER_KEY, self._value(revision), revision)
-        except OrchestratorError as e:
+            self._revision = await self._cas(self._value(revision), revision)
+        except (OrchestratorError, TimeoutError) as e:
             log.warning("leader.acquire_failed", error=str(e))
             return
         self.term = revision
@@ -161,15 +164,17 @@ class Leadership:
         term, revision = self._held
         started = self.clock()
         try:
-            self._revision = await Bus.kv_cas(self.bus.kv.leader, LEADER_KEY, self._value(term), revision)
+            self._revision = await self._cas(self._value(term), revision)
         except ConflictError:
-            log.info("leader.not_resumed", term=term, reason="the lease changed while NATS was away")
             self._held = None
-            await self._acquire()  # expired and gone: take it anew; held by another: follow
+            await self._acquire()  # ours after all (a late renewal), expired (take it anew), or another's
             return
-        except OrchestratorError as e:
-            log.info("leader.resume_failed", term=term, error=str(e))
+        except (OrchestratorError, TimeoutError) as e:
+            log.info("leader.resume_failed", term=term, error=str(e) or "timeout")
             return
+        await self._lead_again(term, started)
+
+    async def _lead_again(self, term: int, started: float) -> None:
         self._held = None
         self.term = term
         self._valid_until = started + self.ttl_s - self.margin_s
@@ -177,33 +182,55 @@ class Leadership:
         log.info("leader.resumed", holder=self.holder, term=term)
         await self._elected()
 
+    async def _cas(self, value: dict[str, Any], last: int | None) -> int:
+        """A lease write, bounded: a write that hangs must not hold up the loop past a renewal."""
+        assert self.bus is not None
+        async with asyncio.timeout(max(self.renew_s, 1.0)):
+            return await Bus.kv_cas(self.bus.kv.leader, LEADER_KEY, value, last)
+
     async def _renew(self) -> None:
         assert self.bus is not None
         started = self.clock()
         try:
-            self._revision = await Bus.kv_cas(
-                self.bus.kv.leader, LEADER_KEY, self._value(self.term), self._revision
-            )
+            self._revision = await self._cas(self._value(self.term), self._revision)
         except ConflictError:
             self._held = None
             await self._deposed("another replica holds the lease now")
             return
-        except OrchestratorError as e:
+        except (OrchestratorError, TimeoutError) as e:
             log.warning(
-                "leader.renew_failed", error=str(e), valid_for_s=round(self._valid_until - self.clock(), 2)
+                "leader.renew_failed",
+                error=str(e) or "timeout",
+                valid_for_s=round(self._valid_until - self.clock(), 2),
             )
             return
         self._valid_until = started + self.ttl_s - self.margin_s
 
     async def _learn_holder(self) -> None:
-        """Read who leads, to know the vantage its in-process prober reports under."""
+        """Read who leads: to know the vantage its in-process prober reports under, and to find out
+        that it is us. A renewal sent just as NATS went away can wait in the client's buffer and land on
+        reconnect, after we stepped down: the lease then names us with a revision we never saw. It is
+        still our term, and nobody else can have held it since, so we lead on under it."""
         assert self.bus is not None
-        with contextlib.suppress(OrchestratorError):
-            found = await Bus.kv_get(self.bus.kv.leader, LEADER_KEY)
-            if found is not None and isinstance(found[0], dict):
-                vantage = found[0].get("vantage")
-                if isinstance(vantage, str) and vantage and len(self.daemon_vantages) < 1000:
-                    self.daemon_vantages.add(vantage)
+        started = self.clock()
+        try:
+            async with asyncio.timeout(max(self.renew_s, 1.0)):
+                found = await Bus.kv_get(self.bus.kv.leader, LEADER_KEY)
+        except (OrchestratorError, TimeoutError):
+            return
+        if found is None or not isinstance(found[0], dict):
+            return
+        record, revision = found
+        vantage = record.get("vantage")
+        if isinstance(vantage, str) and vantage and len(self.daemon_vantages) < 1000:
+            self.daemon_vantages.add(vantage)
+        term = record.get("term")
+        if record.get("holder") == self.holder and isinstance(term, int) and self.term is None:
+            try:
+                self._revision = await self._cas(self._value(term), revision)
+            except (OrchestratorError, TimeoutError):
+                return
+            await self._lead_again(term, started)
 
     async def _release(self) -> None:
         """On a clean shutdown hand the lease over at once instead of making followers wait for the TTL."""

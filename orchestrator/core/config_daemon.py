@@ -28,6 +28,15 @@ class NatsConfig(Model):
     token: SecretStr | None = None
     tls: TlsConfig | None = None
     connect_timeout_s: Seconds = Field(default=5.0, alias="connect_timeout")
+    replicas: int = Field(default=1, ge=1, le=5)
+    """JetStream replicas of the streams and KV buckets; 3 on a 3-node NATS cluster. Existing streams
+    are scaled up to it, never down (a prober or a dry run with the default never shrinks them)."""
+
+    @model_validator(mode="after")
+    def _replicas(self) -> NatsConfig:
+        if self.replicas > 1 and self.url is None:
+            raise ValueError("nats.replicas > 1 needs nats.url: the embedded nats-server is a single node")
+        return self
 
 
 class ApiToken(Model):

@@ -103,7 +103,10 @@ class DrainWatchdog:
                 self.weighted.clear()
                 self.attempts.clear()
                 continue
-            await self.check_once()
+            try:
+                await self.check_once()
+            except OrchestratorError as e:  # JetStream electing a leader: the next pass retries
+                log.warning("drain_watchdog.check_failed", error=str(e))
 
     async def read_all(self) -> dict[str, dict[str, int]]:
         """Every balancer's weights, concurrently, each bounded; an unreadable one is left out."""

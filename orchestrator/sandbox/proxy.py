@@ -2,7 +2,8 @@
 
 Tests cut a prober off from a cluster without touching the cluster: `refuse()` closes the listener
 (connection refused, like a route withdrawn and rejected), `blackhole()` accepts and never answers (like a
-silently dropped route: the prober's timeout decides), `restore()` forwards again.
+silently dropped route: the prober's timeout decides), `slow(s)` forwards each new connection only
+after `s` seconds (a balancer API that answers, late), `restore()` forwards again.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 from typing import Literal
 
-Mode = Literal["pass", "refuse", "blackhole"]
+Mode = Literal["pass", "refuse", "blackhole", "slow"]
 
 
 class TcpProxy:
@@ -20,6 +21,7 @@ class TcpProxy:
         self.port = listen_port
         self.target = (target_host, target_port)
         self.mode: Mode = "pass"
+        self.delay_s = 0.0
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -49,6 +51,11 @@ class TcpProxy:
         self.mode = "blackhole"
         await self.start()
 
+    async def slow(self, delay_s: float) -> None:
+        self.mode = "slow"
+        self.delay_s = delay_s
+        await self.start()
+
     async def restore(self) -> None:
         self.mode = "pass"
         await self.start()
@@ -61,6 +68,8 @@ class TcpProxy:
             if self.mode == "blackhole":
                 await reader.read()  # hold the connection open until the client gives up
                 return
+            if self.mode == "slow":
+                await asyncio.sleep(self.delay_s)
             try:
                 up_reader, up_writer = await asyncio.open_connection(*self.target)
             except OSError:
