@@ -181,12 +181,12 @@ def test_every_example_playbook_is_planned_without_touching_haproxy(
         return outputs
 
     outputs = asyncio.run(scenario())
-    assert "-> global/us-east weight 100 -> 0" in outputs["cluster-failover"]
+    assert "-> global/us-east (web/us1) weight 100 -> 0" in outputs["cluster-failover"]
     assert (
         "-> notify oncall (critical): us-east failed; traffic moved to eu-west, ap-south"
         in outputs["cluster-failover"]
     )
-    assert "-> global/us-east weight 100 -> 25" in outputs["cluster-failback"]
+    assert "-> global/us-east (web/us1) weight 100 -> 25" in outputs["cluster-failback"]
     assert "-> wait for approval by role:operator" in outputs["manual-drain"]
     assert all(o.rstrip().endswith("nothing was changed (dry-run)") for o in outputs.values())
 
@@ -209,7 +209,9 @@ def test_plan_refuses_what_the_guard_would_refuse(haproxy_binary: str, tmp_path:
         return lines
 
     lines = asyncio.run(scenario())
-    assert any("global/us-east weight 100 -> 0  REFUSED: balancer global" in line for line in lines), lines
+    assert any(
+        "global/us-east (web/us1) weight 100 -> 0  REFUSED: balancer global" in line for line in lines
+    ), lines
 
 
 def test_the_shipped_json_schema_is_current_and_accepts_every_example() -> None:

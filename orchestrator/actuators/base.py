@@ -3,6 +3,11 @@
 Drivers speak absolute native weights (HAProxy 0-256, Gateway API 0-1,000,000, ...) keyed by *cluster
 name*; the mapping from cluster to the balancer's own member name lives in the driver. Effects are
 absolute targets, never deltas, so a repeated call is harmless (DESIGN §2.3).
+
+Fencing (DESIGN §6b): `set_weights` takes the leader's `fence` and calls it immediately before every
+write it sends (each HAProxy instance's `set weight`, each attempt of a Kubernetes or webhook
+read-modify-write), after whatever I/O came before, so a replica that stopped leading while it was
+reading or recording sends nothing more.
 """
 
 from __future__ import annotations
@@ -13,6 +18,12 @@ from collections.abc import Callable, Mapping
 from orchestrator.core.config_drivers import LoadBalancerConfig
 
 Term = Callable[[], int | None]
+Fence = Callable[[], None]
+"""Raises (NotLeader) when this replica no longer leads; a no-op where there is no election."""
+
+
+def no_fence() -> None:
+    """The fence of a process that acts alone (tests, `failover plan`): never refuses."""
 
 
 class Balancer(ABC):
@@ -40,11 +51,17 @@ class Balancer(ABC):
         only counts once every instance has it.
         """
 
+    def member_label(self, cluster: str) -> str:
+        """The balancer's own name for a cluster's member, as its operators know it (`failover plan`)."""
+        return self.members[cluster]
+
     @abstractmethod
-    async def set_weights(self, weights: Mapping[str, int]) -> None:
+    async def set_weights(self, weights: Mapping[str, int], fence: Fence = no_fence) -> None:
         """Set absolute native weights for the given clusters on every instance, then verify them.
 
-        Raises TemporaryError (unreachable, timeout) or PermanentError (refused by the balancer).
+        `fence()` is called immediately before each write (each instance, each retry attempt) and
+        its NotLeader propagates as it is. Raises TemporaryError (unreachable, timeout) or
+        PermanentError (refused by the balancer).
         """
 
     def native_weight(self, nominal: int) -> int:

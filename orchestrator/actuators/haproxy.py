@@ -18,7 +18,8 @@ from typing import TypeVar
 
 import structlog
 
-from orchestrator.actuators.base import Balancer, Term
+from orchestrator.actuators.base import Balancer, Fence, Term, no_fence
+from orchestrator.bus.leadership import NotLeader
 from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import OrchestratorError, PermanentError, TemporaryError
 
@@ -184,9 +185,13 @@ class HAProxyAdmin:
 async def _on_all(instances: Sequence[HAProxyAdmin], calls: Sequence[Awaitable[T]]) -> list[T]:
     """Await one call per instance concurrently; report every instance's failure, not just the first.
 
-    A PermanentError anywhere wins (retrying will not fix a refusal); otherwise the failure is temporary.
+    A NotLeader (the fence refused a write) is passed on as it is; then a PermanentError anywhere wins
+    (retrying will not fix a refusal); otherwise the failure is temporary.
     """
     results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, NotLeader):
+            raise result
     failures: list[tuple[str, OrchestratorError]] = []
     values: list[T] = []
     for instance, result in zip(instances, results, strict=True):
@@ -245,7 +250,10 @@ class HAProxyBalancer(Balancer):
         ]
         raise TemporaryError(f"haproxy instances of {self.name!r} disagree: " + "; ".join(disagreements))
 
-    async def set_weights(self, weights: Mapping[str, int]) -> None:
+    def member_label(self, cluster: str) -> str:
+        return f"{self.backend}/{self.members[cluster]}"
+
+    async def set_weights(self, weights: Mapping[str, int], fence: Fence = no_fence) -> None:
         unknown = sorted(set(weights) - set(self.members))
         if unknown:
             raise PermanentError(f"balancer {self.name!r} has no member for cluster(s) {', '.join(unknown)}")
@@ -256,6 +264,7 @@ class HAProxyBalancer(Balancer):
         async def apply(instance: HAProxyAdmin) -> None:
             # In order on one instance, so a refusal stops the rest there instead of half-applying blindly.
             for cluster, weight in targets.items():
+                fence()  # right before each command on each instance: a deposed leader sends no more
                 await instance.set_weight(self.backend, self.members[cluster], weight)
 
         await _on_all(self.instances, [apply(instance) for instance in self.instances])

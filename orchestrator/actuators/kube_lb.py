@@ -6,8 +6,10 @@ whole read-modify-write, so the retry starts from the other writer's version), t
 verify. Only the member entries' weights change; everything else in the object, including entries that
 are not members, is written back as it was read.
 
-Fencing (DESIGN §6b): a write carries the resourceVersion read immediately before it, so a deposed
-leader's write fails with a conflict rather than overwriting a newer one; the `term` is not needed here.
+Fencing (DESIGN §6b): the leader's `fence` is checked immediately before each attempt's write (after
+its read), so a replica deposed during a conflict retry or a slow read sends no further write; and the
+write carries the resourceVersion read immediately before it, so a write that does go out from a
+deposed leader fails with a conflict rather than overwriting a newer one. The `term` is not needed here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from orchestrator.actuators.base import Balancer
+from orchestrator.actuators.base import Balancer, Fence, no_fence
 from orchestrator.core.config_clusters import KubernetesRef
 from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import PermanentError, TemporaryError
@@ -158,7 +160,7 @@ class KubeObjectBalancer(Balancer):
         obj = await retry_temporary(f"{self.what}: read", self.read)
         return self.weights_in(obj)
 
-    async def set_weights(self, weights: Mapping[str, int]) -> None:
+    async def set_weights(self, weights: Mapping[str, int], fence: Fence = no_fence) -> None:
         unknown = sorted(set(weights) - set(self.members))
         if unknown:
             raise PermanentError(f"balancer {self.name!r} has no member for cluster(s) {', '.join(unknown)}")
@@ -175,6 +177,7 @@ class KubeObjectBalancer(Balancer):
             if new == obj:
                 return  # already as wanted: nothing to write
             api = await self.api()
+            fence()  # each attempt, after its read: no write from a replica that stopped leading
             await api.replace_custom(
                 self.group,
                 self.version,

@@ -3,6 +3,14 @@
 Every change, from a playbook step or a command, goes through `BalancerActuator` under a per-balancer
 lock, and the `min_healthy_clusters` guard is checked on the *resulting* weight vector inside that lock,
 so two runs draining two clusters at once cannot together remove the last serving one (DESIGN §6b).
+
+The leader's fence is checked before anything is recorded, and handed to the driver, which checks it
+again immediately before each write it sends (after the NATS write of the original weight, for each
+HAProxy instance, on each Kubernetes retry attempt).
+
+Changes are described as `global/us-east weight 100 -> 0` in run results (the journal, events and
+notifications); `failover plan` adds the balancer's own name for the member,
+`global/us-east (web/us1) weight 100 -> 0`, so the line can be checked against the balancer's config.
 """
 
 from __future__ import annotations
@@ -13,11 +21,17 @@ from dataclasses import dataclass
 
 import structlog
 
-from orchestrator.actuators.base import Balancer
+from orchestrator.actuators.base import Balancer, Fence
 from orchestrator.bus.state import StateStore
 from orchestrator.core.errors import GuardRefused
 
 log = structlog.get_logger(__name__)
+
+
+def weight_line(balancer: str, cluster: str, before: object, after: object, member: str | None = None) -> str:
+    """`global/us-east weight 100 -> 0`, or with the balancer's member `global/us-east (web/us1) ...`."""
+    where = f"{balancer}/{cluster}" + (f" ({member})" if member else "")
+    return f"{where} weight {before} -> {after}"
 
 
 @dataclass(frozen=True)
@@ -28,9 +42,14 @@ class WeightChange:
     after: int
     drift: str | None = None
     """Set when a restore found a value we did not set and left it alone."""
+    member: str | None = None
+    """The balancer's own name for the member (`web/us1`, a backendRef's name...)."""
 
-    def describe(self) -> str:
-        text = f"{self.balancer}/{self.cluster} weight {self.before} -> {self.after}"
+    def describe(self, with_member: bool = False) -> str:
+        """The run journal's form (`global/us-east weight 100 -> 0`); `with_member` is the plan's form."""
+        text = weight_line(
+            self.balancer, self.cluster, self.before, self.after, self.member if with_member else None
+        )
         return f"{text} (drift: {self.drift})" if self.drift else text
 
 
@@ -41,7 +60,7 @@ class BalancerActuator:
         nominal: Mapping[str, int],
         states: Callable[[], Mapping[str, str]],
         store: StateStore,
-        fence: Callable[[], None] = lambda: None,
+        fence: Fence = lambda: None,
     ) -> None:
         self.balancer = balancer
         self.name = balancer.name
@@ -52,7 +71,16 @@ class BalancerActuator:
         self.store = store
         self.lock = asyncio.Lock()
         self.fence = fence
-        """Raises when this replica no longer leads: checked right before every write."""
+        """Raises when this replica no longer leads: checked before recording anything, and by the
+        driver right before each write it sends."""
+
+    def member(self, cluster: str) -> str | None:
+        """The balancer's own name for a cluster's member (`web/us1`), None for an unknown cluster."""
+        return self.balancer.member_label(cluster) if cluster in self.balancer.members else None
+
+    def describe_change(self, cluster: str, before: object, after: object) -> str:
+        """A planned change, as `failover plan` prints it: `global/us-east (web/us1) weight 100 -> 0`."""
+        return weight_line(self.name, cluster, before, after, self.member(cluster))
 
     def refusal(self, current: Mapping[str, int], after: Mapping[str, int], min_healthy: int) -> str | None:
         """Why `min_healthy_clusters` forbids going from `current` to `after`, or None."""
@@ -112,9 +140,12 @@ class BalancerActuator:
                         before,
                         before,
                         drift=f"expected {expect[cluster]}, found {before}; left as it is",
+                        member=self.member(cluster),
                     )
                 elif before == weight:
-                    changes[cluster] = WeightChange(self.name, cluster, before, weight)
+                    changes[cluster] = WeightChange(
+                        self.name, cluster, before, weight, member=self.member(cluster)
+                    )
                 else:
                     apply[cluster] = weight
             if apply:
@@ -123,11 +154,14 @@ class BalancerActuator:
                 for cluster, weight in apply.items():
                     if weight < current[cluster]:
                         await self.store.record_original_lb(self.name, cluster, current[cluster])
-                await self.balancer.set_weights(apply)
+                # the NATS write above took time: the driver fences again right before each write
+                await self.balancer.set_weights(apply, fence=self.fence)
                 for cluster, weight in apply.items():
                     # what we set is held (re-asserted after a reload or a GitOps revert) while in force
                     await self.store.put(f"desired.lb.{self.name}.{cluster}", {"weight": weight})
-                    changes[cluster] = WeightChange(self.name, cluster, current[cluster], weight)
+                    changes[cluster] = WeightChange(
+                        self.name, cluster, current[cluster], weight, member=self.member(cluster)
+                    )
                     log.info(
                         "lb.weight_set",
                         balancer=self.name,

@@ -10,6 +10,10 @@ again, and only where the current value is still the one we set (otherwise: drif
 
 Under an HPA we never fight the autoscaler over spec.replicas: we raise `minReplicas` (and
 `maxReplicas` if needed) and restore both later.
+
+Fencing (DESIGN §6b): the leader's fence is checked immediately before each Kubernetes write, on every
+attempt of the conflict retry (after the re-read, and after the NATS write of the baseline record), and
+each write carries the resourceVersion just read.
 """
 
 from __future__ import annotations
@@ -175,7 +179,6 @@ class ScaleActuator:
         return await write(current)
 
     async def _write(self, w: Workload, target: int, current: Current) -> ScaleChange:
-        self.fence()
         kube = await self.cluster(w.cluster)
         if current.hpa is not None:
             spec = current.hpa["spec"]
@@ -187,11 +190,13 @@ class ScaleActuator:
             if int(spec["maxReplicas"]) < target:
                 patch["spec"]["maxReplicas"] = target
             if before != target or "maxReplicas" in patch["spec"]:
+                self.fence()  # right before the write, on every attempt
                 await kube.patch_hpa(w.namespace, current.hpa["metadata"]["name"], patch)
             log.info("k8s.scaled", workload=str(w), via="hpa", before=before, after=target)
             return ScaleChange(str(w), before, target, "hpa")
         if current.replicas != target:
             # the resourceVersion read under this step: a concurrent change is a 409, and we re-read
+            self.fence()
             await kube.set_scale(w.namespace, w.kind, w.name, target, current.resource_version)
         log.info("k8s.scaled", workload=str(w), via="replicas", before=current.replicas, after=target)
         return ScaleChange(str(w), current.replicas, target, "replicas")
@@ -276,11 +281,11 @@ class ScaleActuator:
         return await self._conflict_retry(w, current, lambda now: self._write_baseline(w, record, now))
 
     async def _write_baseline(self, w: Workload, record: dict[str, Any], current: Current) -> ScaleChange:
-        self.fence()
         kube = await self.cluster(w.cluster)
         hpa = record.get("hpa")
         if hpa and current.hpa is not None:
             before = current.effective
+            self.fence()
             await kube.patch_hpa(
                 w.namespace,
                 hpa["name"],
@@ -292,5 +297,6 @@ class ScaleActuator:
             return ScaleChange(str(w), before, int(hpa["min"]), "hpa")
         baseline = int(record["replicas"])
         if current.replicas != baseline:
+            self.fence()
             await kube.set_scale(w.namespace, w.kind, w.name, baseline, current.resource_version)
         return ScaleChange(str(w), current.replicas, baseline, "replicas")

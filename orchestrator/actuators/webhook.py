@@ -6,7 +6,8 @@ The protocol (DESIGN §4, §5):
 - `POST <url>` with `{"v": 1, "balancer": "<name>", "weights": {...every member...}, "term": <int|null>}`
   sets them. Every member is listed, the ones not being changed with the value just read, so the body
   is an absolute target and a repeated POST is harmless. `term` is the leader's fencing term (DESIGN
-  §6b): a receiver should refuse (403) a term lower than the highest it has seen.
+  §6b): a receiver should refuse (403) a term lower than the highest it has seen. The leader's fence
+  is also checked right before each POST (each attempt), so a deposed leader sends none at all.
 - Both requests carry `X-Failover-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">` when a
   secret is configured (the GET signs its empty body), plus the configured headers.
 
@@ -27,7 +28,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 
-from orchestrator.actuators.base import Balancer, Term
+from orchestrator.actuators.base import Balancer, Fence, Term, no_fence
 from orchestrator.actuators.kube_lb import check_int, retry_temporary
 from orchestrator.core import signing
 from orchestrator.core.config_drivers import LoadBalancerConfig
@@ -143,7 +144,7 @@ class WebhookBalancer(Balancer):
         body = {"v": 1, "balancer": self.name, "weights": dict(weights), "term": term}
         return json.dumps(body, separators=(",", ":")).encode()
 
-    async def set_weights(self, weights: Mapping[str, int]) -> None:
+    async def set_weights(self, weights: Mapping[str, int], fence: Fence = no_fence) -> None:
         unknown = sorted(set(weights) - set(self.members))
         if unknown:
             raise PermanentError(f"balancer {self.name!r} has no member for cluster(s) {', '.join(unknown)}")
@@ -159,6 +160,7 @@ class WebhookBalancer(Balancer):
             if all(current[cluster] == weight for cluster, weight in targets.items()):
                 return
             desired = {cluster: targets.get(cluster, current[cluster]) for cluster in self.members}
+            fence()  # each attempt, after its read
             await self._request("POST", self._body(desired))
 
         await retry_temporary(f"{self.where}: write", read_merge_post)

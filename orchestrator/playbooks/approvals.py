@@ -2,7 +2,7 @@
 
 Decisions arrive by command (`approve RUN`, `deny RUN` over NATS request/reply, the API or the CLI).
 Who decided, and when, is journalled with the step and audited. A run waiting for approval survives a
-restart: its deadline is absolute in the journal and it simply waits again.
+restart: its deadline is absolute in the journal and it simply waits again, for what is left of it.
 """
 
 from __future__ import annotations
@@ -48,12 +48,13 @@ class ApprovalBook:
     def pending(self) -> dict[str, tuple[str, ...]]:
         return {run_id: p.approvers for run_id, p in self._pending.items()}
 
-    async def wait(self, run_id: str, approvers: tuple[str, ...], deadline: float) -> Decision | None:
-        """The decision, or None when the deadline passes first."""
+    async def wait(self, run_id: str, approvers: tuple[str, ...], timeout_s: float) -> Decision | None:
+        """The decision, or None when `timeout_s` (on the monotonic clock: the caller converted its
+        journalled wall deadline once) passes first."""
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._pending[run_id] = _Pending(approvers, future)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, deadline - time.time()))
+            return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, timeout_s))
         except TimeoutError:
             return None
         finally:

@@ -7,13 +7,19 @@ the effect), attempts, absolute deadlines and the result. Executing a record tha
 - an idempotent step that was in flight is issued again identically (same parameters, same `before`);
 - a non-idempotent one (`http`, `notify`, `nats.publish`) marks the run `needs_attention` and pages.
 A preemption (the cluster failed again during its failback) stops the run at its next journalled point.
+
+Time (`playbooks.clock`): a step's deadline is journalled as an absolute wall-clock timestamp and
+converted to a monotonic deadline once when the step starts or is resumed in this process; each attempt
+gets what is left of it by the monotonic clock. A wall-clock jump while this process runs the step
+changes nothing; a jump while no process runs it (crash, failover to another replica) shifts what a
+resumed step has left, computed once from the wall deadline (clamped at 0). Timestamps in the record
+(`started_at`, `updated_at`, ...) are wall-clock, for people and other processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -77,6 +83,7 @@ class RunExecutor:
         self.emit = emit
         self.clusters = clusters
         self.preempt = preempt
+        self.clock = services.clock
         self.guards = record["plan"].get("guards", {})
         self.force = bool(record.get("force"))
 
@@ -85,7 +92,7 @@ class RunExecutor:
         return str(self.record["id"])
 
     async def save(self) -> None:
-        self.record["updated_at"] = rfc3339(time.time())
+        self.record["updated_at"] = rfc3339(self.clock.wall())
         await self.journal.save(self.record)
 
     def base_context(self) -> dict[str, Any]:
@@ -132,7 +139,7 @@ class RunExecutor:
 
     async def _finish(self, status: str, detail: dict[str, Any] | None = None) -> str:
         self.record["status"] = status
-        self.record["finished_at"] = rfc3339(time.time())
+        self.record["finished_at"] = rfc3339(self.clock.wall())
         await self.save()
         summary = {
             "status": status,
@@ -177,9 +184,9 @@ class RunExecutor:
             await self._fail(step, entry, context, str(e))
             return
         was_running = status == "running"
-        started = time.monotonic()
+        started = self.clock.mono()
         entry["status"] = "running"
-        entry.setdefault("started_at", rfc3339(time.time()))
+        entry.setdefault("started_at", rfc3339(self.clock.wall()))
         await self.save()
         await self.emit(
             "step.started",
@@ -209,21 +216,23 @@ class RunExecutor:
             return
         entry["status"] = "succeeded"
         entry["result"] = result
-        entry["finished_at"] = rfc3339(time.time())
+        entry["finished_at"] = rfc3339(self.clock.wall())
         context["steps"][step_id] = result
         await self.save()
         detail: dict[str, Any] = {
             "result": result,
             "action": step["action"],
-            "duration_s": round(time.monotonic() - started, 4),
+            "duration_s": round(self.clock.mono() - started, 4),
         }
         if not self.record.get("first_action_at"):  # detection -> first action, for the latency metric
-            self.record["first_action_at"] = rfc3339(time.time())
+            self.record["first_action_at"] = rfc3339(self.clock.wall())
             event_ts = self.record["event"].get("ts")
             if isinstance(event_ts, str):
                 with contextlib.suppress(ValueError):
                     detail["since_event_s"] = round(
-                        time.time() - datetime.fromisoformat(event_ts.replace("Z", "+00:00")).timestamp(), 4
+                        self.clock.wall()
+                        - datetime.fromisoformat(event_ts.replace("Z", "+00:00")).timestamp(),
+                        4,
                     )
         await self.emit("step.succeeded", step_id, entry.get("attempts"), detail)
 
@@ -233,7 +242,7 @@ class RunExecutor:
         step_id = str(step["id"])
         entry["status"] = "failed"
         entry["error"] = reason
-        entry["finished_at"] = rfc3339(time.time())
+        entry["finished_at"] = rfc3339(self.clock.wall())
         await self.save()
         await self.emit("step.failed", step_id, entry.get("attempts"), {"error": reason})
         if step.get("continue_on_error"):
@@ -266,8 +275,12 @@ class RunExecutor:
             raise StepFailed(step_id, f"invalid parameters: {errors}") from e
         entry["params"] = raw
         timeout_s = float(step.get("timeout_s") or action.default_timeout_s(params))
-        if float(entry.get("deadline", 0)) <= time.time():
-            entry["deadline"] = time.time() + timeout_s
+        # the step's deadline: absolute in the journal, monotonic here (converted once, at step start or
+        # resume); a deadline that passed while no process ran the step starts a fresh timeout
+        mono_now, wall_now = self.clock.mono(), self.clock.wall()
+        if float(entry.get("deadline", 0)) <= wall_now:
+            entry["deadline"] = wall_now + timeout_s
+        step_deadline = mono_now + max(0.0, float(entry["deadline"]) - wall_now)
         ctx = StepContext(
             self.services,
             self.run_id,
@@ -284,7 +297,7 @@ class RunExecutor:
 
         async def attempt() -> dict[str, Any]:
             entry["attempts"] = int(entry.get("attempts", 0)) + 1
-            remaining = max(0.5, float(entry["deadline"]) - time.time())
+            remaining = max(0.5, step_deadline - self.clock.mono())
             self.services.fence()  # a deposed leader acts on nothing
             try:
                 async with asyncio.timeout(remaining):

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from orchestrator.bus.state import PAUSE_ALL, StateStore
 from orchestrator.core.models import RunEventType, rfc3339
+from orchestrator.playbooks.clock import SYSTEM, Clock
 from orchestrator.playbooks.journal import Journal
 from orchestrator.playbooks.scheduling import PROTECTIVE, Run
 
@@ -92,18 +93,21 @@ async def apply_rate_guards(store: StateStore | None, journal: Journal, run: Run
         )
 
 
-async def wait_delay(journal: Journal, run: Run, emit: EmitRunEvent) -> None:
-    """Hold a delayed run until `delayed_until`; a preemption meanwhile finishes it as preempted."""
+async def wait_delay(journal: Journal, run: Run, emit: EmitRunEvent, clock: Clock = SYSTEM) -> None:
+    """Hold a delayed run until `delayed_until`; a preemption meanwhile finishes it as preempted.
+
+    `delayed_until` is a wall-clock time (journalled, it survives a restart); it is converted to a
+    monotonic wait once, here, so a wall-clock jump during the delay does not change it."""
     assert run.record is not None
     until = float(run.record.get("delayed_until", 0))
-    remaining = until - time.time()
+    remaining = clock.left(clock.to_mono(until))
     if remaining > 0:
         try:
             await asyncio.wait_for(run.preempt.wait(), timeout=remaining)
         except TimeoutError:
             pass
         else:
-            run.record.update(status="preempted", finished_at=rfc3339(time.time()))
+            run.record.update(status="preempted", finished_at=rfc3339(clock.wall()))
             await journal.save(run.record)
             await emit(run.id, run.playbook, "finished", detail={"status": "preempted"})
             return

@@ -108,7 +108,7 @@ class Runner(RunScheduler):
                 if run.record is not None and run.record["status"] in ("running", "delayed"):
                     executor = self._executor(run)
                     if run.record["status"] == "delayed":
-                        await wait_delay(self.journal, run, self._emit)
+                        await wait_delay(self.journal, run, self._emit, self.services.clock)
                     if run.record["status"] == "running":
                         await executor.execute()
         except (Fenced, NotLeader) as e:
@@ -140,7 +140,7 @@ class Runner(RunScheduler):
             "event": run.event,
             "key": run.key,
             "status": "running",
-            "created_at": rfc3339(time.time()),
+            "created_at": rfc3339(self.services.clock.wall()),
             "steps": {},
             "force": run.force,
             "actor": run.actor,
@@ -177,7 +177,7 @@ class Runner(RunScheduler):
 
     async def _block(self, run: Run, rule: str, reason: str) -> None:
         assert run.record is not None
-        run.record.update(status="blocked", error=reason, finished_at=rfc3339(time.time()))
+        run.record.update(status="blocked", error=reason, finished_at=rfc3339(self.services.clock.wall()))
         await self.journal.save(run.record)
         await self._emit(run.id, run.playbook, "blocked", detail={"rule": rule, "reason": reason})
         if run.event.get("type") == PROTECTIVE:

@@ -2,7 +2,12 @@
 
 It reads current weights from the balancers (read-only runtime-API calls), and the recorded originals
 from NATS KV when `nats.url` is configured, renders the plan the way a run would, and asks each action to
-describe its effect (`global/us-east weight 100 -> 0`). Nothing is written anywhere.
+describe its effect. A weight change names the cluster and, in parentheses, the balancer's own member
+(`global/us-east (web/us1) weight 100 -> 0`: HAProxy `backend/server`; the backendRef, destination host
+or backend service for Gateway API, Istio and SMI; the member value for a webhook), so it can be checked
+against the balancer's configuration; run results and notifications keep the short form
+(`global/us-east weight 100 -> 0`). Nothing is written anywhere: the fence handed to every actuator
+refuses, so a write attempted by mistake fails instead of happening.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ STATE_AFTER = {
     "cluster.unknown": "unknown",
     "manual": "healthy",
 }
+
+
+def _refuse_writes() -> None:
+    """The fence of a dry run: every write is refused (describing reads only; this is a safety net)."""
+    raise PermanentError("failover plan changes nothing: a write was attempted and refused")
 
 
 async def plan(config: Config, playbook_name: str, event_type: str, cluster: str, out: Any = print) -> None:
@@ -81,12 +91,16 @@ async def plan(config: Config, playbook_name: str, event_type: str, cluster: str
     try:
         balancers = {
             lb.name: BalancerActuator(
-                build_balancer(lb), {c.name: c.weight for c in config.clusters}, lambda: states, store
+                build_balancer(lb),
+                {c.name: c.weight for c in config.clusters},
+                lambda: states,
+                store,
+                fence=_refuse_writes,
             )
             for lb in config.load_balancers
         }
         scale = (
-            ScaleActuator(kube, config, store, lambda: states)
+            ScaleActuator(kube, config, store, lambda: states, fence=_refuse_writes)
             if any(c.kubernetes for c in config.clusters)
             else None
         )
@@ -97,6 +111,7 @@ async def plan(config: Config, playbook_name: str, event_type: str, cluster: str
             lambda: states,
             dry_run=True,
             scale=scale,
+            fence=_refuse_writes,
         )
         try:
             rendered = render_plan(pb, event, clusters)

@@ -8,12 +8,16 @@ implements:
 - `run`: the effect, as absolute targets;
 - `verify`: read back and compare (a mismatch is retried);
 - `describe`: the exact change in words, from read-only calls (`failover plan`).
+
+Time: an action that waits journals its deadline as an absolute wall-clock timestamp (`deadline`) and
+waits on the monotonic deadline derived from it once per process (`playbooks.clock`), so a wall-clock
+jump during the wait changes nothing. An action that writes to anything outside calls `ctx.fence()`
+immediately before the write, after any journal save or other NATS I/O that precedes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.core.config import Config
 from orchestrator.core.errors import OrchestratorError, PermanentError
 from orchestrator.notifiers import Notifier
+from orchestrator.playbooks.clock import SYSTEM, Clock
 
 
 class Params(BaseModel):
@@ -55,7 +60,10 @@ class Services:
     """A ScaleActuator (runtime), when any cluster has a `kubernetes:` section."""
     dry_run: bool = False
     fence: Callable[[], None] = lambda: None
-    """Raises when this replica no longer leads; called before every attempt of every step."""
+    """Raises when this replica no longer leads; called before every attempt of every step, and by
+    actions and actuators immediately before every external write."""
+    clock: Clock = SYSTEM
+    """Wall clock for journalled deadlines and timestamps, monotonic clock for every wait."""
 
 
 @dataclass
@@ -74,6 +82,16 @@ class StepContext:
     preempt: asyncio.Event = field(default_factory=asyncio.Event)
     template_context: Callable[[], dict[str, Any]] | None = None
     """A fresh template context (cluster states now), for actions that poll."""
+    mono_deadlines: dict[str, float] = field(default_factory=dict)
+    """Journalled wall deadlines converted to this process's monotonic clock (never journalled)."""
+
+    @property
+    def clock(self) -> Clock:
+        return self.services.clock
+
+    def fence(self) -> None:
+        """Raise NotLeader unless this replica still leads: call it right before an external write."""
+        self.services.fence()
 
     @property
     def before(self) -> Any:
@@ -95,11 +113,12 @@ class StepContext:
         if self.checkpoint is not None:
             await self.checkpoint()
 
-    async def sleep_until(self, deadline: float) -> None:
-        """Sleep to an absolute time; a preemption ends the sleep at once (it is a journalled point)."""
+    async def sleep_until(self, mono_deadline: float) -> None:
+        """Sleep to a deadline on the monotonic clock (from `deadline`); a preemption ends the sleep at
+        once (it is a journalled point)."""
         if self.preempt.is_set():
             raise Preempted(f"preempted before {self.step}")
-        remaining = deadline - time.time()
+        remaining = mono_deadline - self.clock.mono()
         if remaining <= 0:
             return
         try:
@@ -109,10 +128,25 @@ class StepContext:
         raise Preempted(f"preempted during {self.step}")
 
     def deadline(self, key: str, seconds: float) -> float:
-        """An absolute deadline, journalled the first time so a resumed step keeps the same one."""
-        if key not in self.journal:
-            self.journal[key] = time.time() + seconds
-        return float(self.journal[key])
+        """The monotonic deadline `seconds` from the first call, for waiting in this process.
+
+        The first time, the absolute wall-clock deadline is journalled under `key`, so a resumed step
+        keeps the same moment. A step resumed in another process finds it in the journal and converts
+        it to its own monotonic clock once (what is left, clamped at 0); every later call in this
+        process returns that same monotonic deadline, whatever the wall clock does meanwhile.
+        """
+        if key not in self.mono_deadlines:
+            if key in self.journal:
+                self.mono_deadlines[key] = self.clock.to_mono(float(self.journal[key]))
+            else:
+                self.mono_deadlines[key] = self.clock.mono() + seconds
+                self.journal[key] = self.clock.wall() + seconds
+        return self.mono_deadlines[key]
+
+    def forget_deadline(self, key: str) -> None:
+        """Drop a deadline that was reached (e.g. one ramp interval), from the journal and this process."""
+        self.journal.pop(key, None)
+        self.mono_deadlines.pop(key, None)
 
 
 class Action(ABC):

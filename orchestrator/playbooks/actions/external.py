@@ -38,6 +38,7 @@ class Http(Action):
         headers = dict(params.headers)
         if not isinstance(params.body, str | None):
             headers.setdefault("Content-Type", "application/json")
+        ctx.fence()  # after the journal save that preceded this attempt: a deposed leader sends nothing
         try:
             async with session.request(
                 params.method,
@@ -88,6 +89,7 @@ class NatsPublish(Action):
             raise PermanentError("no NATS connection in this process")
         payload = params.payload
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        ctx.fence()
         await ctx.services.publish(params.subject, data)
         return {"subject": params.subject, "bytes": len(data)}
 

@@ -1,9 +1,10 @@
 """Flow actions: `sleep`, `wait_for` and `approval`. All keep absolute deadlines in the journal, so a
-resumed run waits until the same moment, not for the whole duration again."""
+resumed run waits until the same moment, not for the whole duration again; inside a process they wait
+on the monotonic clock (the journalled deadline converted once, `playbooks.clock`), so a wall-clock jump
+during a sleep, a poll or an approval neither shortens nor stretches it."""
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from pydantic import Field
@@ -31,7 +32,7 @@ class Sleep(Action):
         until = ctx.deadline("until", params.duration_s)
         await ctx.save()
         await ctx.sleep_until(until)
-        return {"slept_until": until}
+        return {"slept_until": ctx.journal["until"]}
 
     async def describe(self, ctx: StepContext, params: SleepParams) -> list[str]:
         return [f"sleep {params.duration_s:g}s"]
@@ -62,12 +63,12 @@ class WaitFor(Action):
             context = ctx.template_context() if ctx.template_context else {}
             try:
                 if truthy(templates.evaluate(params.expression, context)):
-                    return {"polls": polls, "met_at": time.time()}
+                    return {"polls": polls, "met_at": ctx.clock.wall()}
             except templates.TemplateError as e:
                 raise PermanentError(str(e)) from e
-            if time.time() >= deadline:
+            if ctx.clock.mono() >= deadline:
                 raise PermanentError(f"{params.expression!r} still false after {params.timeout_s:g}s")
-            await ctx.sleep_until(min(deadline, time.time() + params.poll_s))
+            await ctx.sleep_until(min(deadline, ctx.clock.mono() + params.poll_s))
 
     async def describe(self, ctx: StepContext, params: WaitForParams) -> list[str]:
         return [f"wait until {params.expression} (every {params.poll_s:g}s, at most {params.timeout_s:g}s)"]
@@ -98,7 +99,7 @@ class Approval(Action):
         deadline = ctx.deadline("until", params.timeout_s)
         ctx.journal["waiting_approval"] = True
         await ctx.save()
-        decision = await book.wait(ctx.run_id, tuple(params.approvers), deadline)
+        decision = await book.wait(ctx.run_id, tuple(params.approvers), ctx.clock.left(deadline))
         ctx.journal.pop("waiting_approval", None)
         if decision is None:
             if params.on_timeout == "proceed":

@@ -254,6 +254,7 @@ class K8sPatch(Action):
     async def run(self, ctx: StepContext, params: PatchParams) -> dict[str, Any]:
         kube = await _scaler(ctx).cluster(params.cluster)
         if params.api_version == "apps/v1" and params.resource == "deployments":
+            ctx.fence()  # after the journal save of `before`, right before the write
             obj = await kube.patch_deployment(params.namespace, params.name, params.patch, params.patch_type)
         else:
             if params.patch_type == "strategic":
@@ -261,6 +262,7 @@ class K8sPatch(Action):
                     "strategic merge patch only applies to built-in kinds; use merge or json"
                 )
             group, _, version = params.api_version.rpartition("/")
+            ctx.fence()
             obj = await kube.patch_custom(
                 group,
                 version,

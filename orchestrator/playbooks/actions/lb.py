@@ -2,12 +2,13 @@
 
 All go through the balancer's actuator, which holds the per-balancer lock and enforces
 `min_healthy_clusters` on the resulting weights. Values are absolute; the value a step replaces is read
-(`before`) and journalled before the effect.
+(`before`) and journalled before the effect. Results keep the short form of a change
+(`global/us-east weight 100 -> 0`); `describe` (`failover plan`) names the balancer's own member too
+(`global/us-east (web/us1) weight 100 -> 0`).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -53,7 +54,7 @@ class LbDrain(Action):
     async def describe(self, ctx: StepContext, params: DrainParams) -> list[str]:
         actuator = ctx.balancer(params.balancer)
         current = await actuator.get_weights()
-        line = f"{params.balancer}/{params.cluster} weight {current[params.cluster]} -> 0"
+        line = actuator.describe_change(params.cluster, current[params.cluster], 0)
         refusal = actuator.refusal(current, {params.cluster: 0}, ctx.min_healthy_clusters)
         return [f"{line}  REFUSED: {refusal}" if refusal and current[params.cluster] else line]
 
@@ -108,8 +109,8 @@ class LbRestore(Action):
         changes: list[str] = list(ctx.journal.get("changes", []))
         for i in range(done, len(steps)):
             if i:
-                at = ctx.journal.setdefault("next_at", time.time() + params.interval_s)
-                await ctx.sleep_until(float(at))
+                # journalled as a wall-clock time (a resumed ramp keeps it), waited on the monotonic clock
+                await ctx.sleep_until(ctx.deadline("next_at", params.interval_s))
                 state = ctx.services.cluster_states().get(params.cluster, "unknown")
                 if params.gate and state != "healthy":
                     raise PermanentError(
@@ -130,7 +131,7 @@ class LbRestore(Action):
                 }
             expect = steps[i]
             ctx.journal.update(last_set=steps[i], ramp_done=i + 1, changes=changes)
-            ctx.journal.pop("next_at", None)
+            ctx.forget_deadline("next_at")
             await ctx.save()
         await actuator.finish_restore(params.cluster)
         return {
@@ -158,7 +159,7 @@ class LbRestore(Action):
         target = await actuator.target_weight(params.cluster)
         lines, previous = [], current
         for weight in ramp_weights(target, params.ramp):
-            lines.append(f"{params.balancer}/{params.cluster} weight {previous} -> {weight}")
+            lines.append(actuator.describe_change(params.cluster, previous, weight))
             previous = weight
         if len(lines) > 1:
             lines.append(f"(ramped, {params.interval_s:g}s between steps)")
@@ -209,6 +210,6 @@ class LbSetWeights(Action):
     async def describe(self, ctx: StepContext, params: SetWeightsParams) -> list[str]:
         actuator = ctx.balancer(params.balancer)
         current = await actuator.get_weights()
-        lines = [f"{params.balancer}/{c} weight {current.get(c)} -> {w}" for c, w in params.weights.items()]
+        lines = [actuator.describe_change(c, current.get(c), w) for c, w in params.weights.items()]
         refusal = actuator.refusal(current, params.weights, ctx.min_healthy_clusters)
         return [*lines, f"REFUSED: {refusal}"] if refusal else lines

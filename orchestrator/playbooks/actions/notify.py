@@ -34,6 +34,7 @@ class Notify(Action):
             cluster=cluster if isinstance(cluster, str) else None,
             dedup_key=f"{ctx.run_id}.{ctx.step}",
         )
+        ctx.fence()
         await ctx.notifier(params.notifier).send(note)
         return {"notifier": params.notifier, "severity": params.severity}
 
