@@ -36,6 +36,7 @@ bench: install
 	@scripts/ensure-packages.sh --required haproxy
 	$(BIN)/python bench/haproxy_failover.py
 	$(BIN)/python bench/detector.py
+	$(BIN)/python bench/nats_outage.py
 
 clean:
 	rm -rf $(VENV) .failover .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

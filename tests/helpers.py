@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from orchestrator.actuators.haproxy import HAProxyAdmin
+from orchestrator.bus.client import Bus
 from orchestrator.bus.embedded import free_port
 from orchestrator.core import signing
 from orchestrator.sandbox.app import AppServer
@@ -201,3 +202,14 @@ class AdminCounter:
             await writer.drain()
         finally:
             writer.close()
+
+
+async def collect(bus: Bus, subject: str) -> list[dict[str, Any]]:
+    """Subscribe to `subject`; the returned list fills with the decoded messages as they arrive."""
+    out: list[dict[str, Any]] = []
+
+    async def on(msg: Any) -> None:
+        out.append(json.loads(msg.data))
+
+    await bus.subscribe(subject, on)
+    return out

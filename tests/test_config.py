@@ -102,6 +102,15 @@ def test_missing_environment_variable_names_line_and_variable(tmp_path: Path) ->
             "11: clusters[0].probes[1].name: duplicate probe name 'ingress'",
         ),
         (("api:\n", "api: [\n"), "YAML syntax error"),
+        (("vantage: mgmt}", "vantage: mgmt.eu}"), "5: probing.vantage: 'mgmt.eu' is not a vantage name"),
+        (
+            ("probing: {", "detection: {vantages: [mgmt, eu, mgmt]}\nprobing: {"),
+            "5: detection.vantages: 'mgmt' is listed twice",
+        ),
+        (
+            ("probing: {", "detection: {vantages: [mgmt, eu], quorum: 3}\nprobing: {"),
+            "5: detection.quorum: 3 vantages can never agree: detection.vantages counts 2 (mgmt, eu)",
+        ),
     ],
 )
 def test_each_mistake_is_reported_with_its_line(
@@ -112,6 +121,24 @@ def test_each_mistake_is_reported_with_its_line(
     found = problems(write(tmp_path, GOOD.replace(old, new, 1)), env={"HOOK_SECRET": "x"})
     assert any(expected in line for line in found), found
     assert all(line.startswith(f"{tmp_path}/failover.yaml:") for line in found)
+
+
+def test_the_probe_timeout_follows_a_short_interval_unless_set(tmp_path: Path) -> None:
+    """`interval: 500ms` alone is valid: the timeout defaults to min(800ms, 0.8 x interval)."""
+    short = GOOD.replace(
+        "probing: {interval: 1s, timeout: 800ms, vantage: mgmt}", "probing: {interval: 500ms}"
+    )
+    assert load_config(write(tmp_path, short), env={"HOOK_SECRET": "x"}).probing.timeout_s == 0.4
+    long = GOOD.replace("probing: {interval: 1s, timeout: 800ms, vantage: mgmt}", "probing: {interval: 5s}")
+    assert load_config(write(tmp_path, long), env={"HOOK_SECRET": "x"}).probing.timeout_s == 0.8
+
+
+def test_counted_vantages_default_to_the_daemon_vantage(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), env={"HOOK_SECRET": "x"})
+    assert config.counted_vantages == ["mgmt"] and config.daemon_vantage == "mgmt"
+    listed = GOOD.replace("probing: {", "detection: {vantages: [m, eu], daemon_vantage: m}\nprobing: {")
+    config = load_config(write(tmp_path, listed), env={"HOOK_SECRET": "x"})
+    assert config.counted_vantages == ["m", "eu"] and config.daemon_vantage == "m"
 
 
 def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -22,7 +21,7 @@ from orchestrator.core.config_daemon import NatsConfig
 from orchestrator.playbooks.actions import REGISTRY
 from orchestrator.runtime.daemon import Daemon
 from tests.daemons import DaemonProcess
-from tests.helpers import SHORT_DETECTION, fleet, hook_receiver, wait_for, write_config
+from tests.helpers import SHORT_DETECTION, collect, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -44,16 +43,6 @@ async def running(config_path: Path) -> AsyncIterator[Daemon]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-
-
-async def collect(bus: Bus, subject: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-
-    async def on(msg: Any) -> None:
-        out.append(json.loads(msg.data))
-
-    await bus.subscribe(subject, on)
-    return out
 
 
 async def metrics_text(daemon: Daemon) -> str:

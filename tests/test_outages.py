@@ -10,8 +10,6 @@ forgot the silent vantages and let the lone one fail a cluster.
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,19 +28,9 @@ from orchestrator.probes.prober import Prober
 from orchestrator.runtime.daemon import Daemon
 from orchestrator.sandbox.proxy import TcpProxy
 from tests.daemons import DaemonProcess
-from tests.helpers import Fleet, fleet, hook_receiver, wait_for, write_config
+from tests.helpers import Fleet, collect, fleet, hook_receiver, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(180)
-
-
-async def collect(bus: Bus, subject: str) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-
-    async def on(msg: Any) -> None:
-        seen.append(json.loads(msg.data))
-
-    await bus.subscribe(subject, on)
-    return seen
 
 
 async def metric(api: int, line_start: str) -> float | None:
@@ -89,10 +77,7 @@ async def test_nats_killed_for_8s_nothing_drained_and_a_failure_meanwhile_is_dra
 
             async def outage(seconds: float, during: Any = None) -> float:
                 """SIGKILL nats-server, restart it on the same port and store; seconds to lead again."""
-                assert nats.process is not None
-                nats.process.send_signal(signal.SIGKILL)
-                await asyncio.to_thread(nats.process.wait)
-                nats.process = None
+                await nats.kill()
                 if during is not None:
                     await asyncio.sleep(1)
                     await during()

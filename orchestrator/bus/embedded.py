@@ -97,6 +97,14 @@ class EmbeddedNats:
         await self.stop()
         raise PermanentError(f"embedded nats-server not ready on {self.url} within {ready_timeout_s}s")
 
+    async def kill(self) -> None:
+        """SIGKILL, as a crashed or OOM-killed server: for fault tests and benchmarks; `start()` again
+        brings it back on the same port and store."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
     async def stop(self, timeout_s: float = 5.0) -> None:
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
