@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from orchestrator.bus.client import Bus
 from orchestrator.core import subjects
+from orchestrator.core.clock import steady_wall
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.metrics import Metrics
 from orchestrator.core.models import ClusterEvent, HealthReport, SystemEvent
@@ -44,7 +45,7 @@ class DetectionService:
         metrics: Metrics,
         on_event: OnEvent,
         tick_interval_s: float = 0.1,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady_wall,
         is_leader: Callable[[], bool] = lambda: True,
         own_vantage: str | None = None,
         daemon_vantages: Callable[[], Collection[str]] = frozenset,
@@ -165,7 +166,7 @@ class DetectionService:
         if report is None:
             return
         now = self.clock()
-        if now - report.ts.timestamp() > self.state.settings.stale_after_s:
+        if time.time() - report.ts.timestamp() > self.state.settings.stale_after_s:  # the prober's clock
             # made long ago: buffered by a publisher through a NATS outage, or a replay. Old news is not
             # fresh evidence; the stream replay on start is the only place history is applied.
             self.metrics.reports_dropped.labels(reason="stale").inc()
