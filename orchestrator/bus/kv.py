@@ -112,9 +112,12 @@ async def kv_items(kv: KeyValue, prefix: str) -> dict[str, Any]:
     return {key: value for key, (value, _revision) in (await kv_entries(kv, prefix)).items()}
 
 
-async def kv_delete(kv: KeyValue, key: str) -> None:
+async def kv_delete(kv: KeyValue, key: str, last: int | None = None) -> None:
+    """Delete `key`; with `last`, only while its revision is still `last` (else ConflictError)."""
     try:
         with nats_errors(f"KV delete {key}"):
-            await kv.delete(key)
+            await kv.delete(key, last=last)
     except nats.js.errors.KeyNotFoundError:
         return
+    except nats.js.errors.KeyWrongLastSequenceError as e:
+        raise ConflictError(f"KV {key}: written by someone else (expected revision {last})") from e

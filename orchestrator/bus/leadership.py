@@ -112,13 +112,14 @@ class Leadership:
             return
         try:
             while not stop.is_set():
+                self.bus.reconnected.clear()  # a reconnect during the step wakes the next one at once
                 await self.step()
-                self.bus.reconnected.clear()
                 await wait_any(stop, self.bus.reconnected, timeout_s=self.renew_s)
         finally:
             await self._cancel_callbacks()
             if self.term is not None and self.bus is not None:
                 await self._release()
+                await self._run_deposed()  # even when the loop died: nothing keeps acting on a stale term
 
     async def step(self) -> None:
         """One turn of the loop: renew, resume, or try to acquire."""
@@ -194,6 +195,8 @@ class Leadership:
         try:
             self._revision = await self._cas(self._value(self.term), self._revision)
         except ConflictError:
+            if await self._still_ours():
+                return  # a renewal we gave up waiting for landed after all: same term, carry on
             self._held = None
             await self._deposed("another replica holds the lease now")
             return
@@ -206,6 +209,23 @@ class Leadership:
             return
         self._valid_until = started + self.ttl_s - self.margin_s
 
+    async def _still_ours(self) -> bool:
+        """After a lost compare-and-set: does the lease still name us under our term? (A renewal whose
+        wait timed out can be applied later, moving the revision past the one we hold.)"""
+        assert self.bus is not None
+        try:
+            async with asyncio.timeout(max(self.renew_s, 1.0)):
+                found = await Bus.kv_get(self.bus.kv.leader, LEADER_KEY)
+        except (OrchestratorError, TimeoutError, ValueError):
+            return False
+        if found is None or not isinstance(found[0], dict):
+            return False
+        record, revision = found
+        if record.get("holder") != self.holder or record.get("term") != self.term:
+            return False
+        self._revision = revision
+        return True
+
     async def _learn_holder(self) -> None:
         """Read who leads: to know the vantage its in-process prober reports under, and to find out
         that it is us. A renewal sent just as NATS went away can wait in the client's buffer and land on
@@ -216,7 +236,7 @@ class Leadership:
         try:
             async with asyncio.timeout(max(self.renew_s, 1.0)):
                 found = await Bus.kv_get(self.bus.kv.leader, LEADER_KEY)
-        except (OrchestratorError, TimeoutError):
+        except (OrchestratorError, TimeoutError, ValueError):
             return
         if found is None or not isinstance(found[0], dict):
             return
@@ -235,10 +255,12 @@ class Leadership:
     async def _release(self) -> None:
         """On a clean shutdown hand the lease over at once instead of making followers wait for the TTL."""
         assert self.bus is not None
-        if self.is_leader:
+        if self.is_leader and self.bus.connected:
+            # only the revision we wrote: a delete that landed late must never remove a successor's lease
             with contextlib.suppress(OrchestratorError):
-                await Bus.kv_delete(self.bus.kv.leader, LEADER_KEY)
+                await Bus.kv_delete(self.bus.kv.leader, LEADER_KEY, last=self._revision)
         self.term = None
+        self._valid_until = float("-inf")
 
     def _value(self, term: int | None) -> dict[str, Any]:
         return {"holder": self.holder, "term": term, "renewed_at": time.time(), "vantage": self.vantage}
@@ -278,6 +300,9 @@ class Leadership:
         self._valid_until = float("-inf")
         self.elected.clear()
         await self._cancel_callbacks()
+        await self._run_deposed()
+
+    async def _run_deposed(self) -> None:
         for callback in self.on_deposed:
             try:
                 async with asyncio.timeout(self.deposed_timeout_s):

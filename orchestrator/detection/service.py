@@ -66,6 +66,7 @@ class DetectionService:
         """The names the daemon's replicas report under (learnt from the lease, which only the daemon's
         credential can write): the management cluster's probing is one vantage whatever the replicas
         are called, so their reports are counted as `own_vantage`."""
+        self._stale_logged: set[str] = set()
         self.unlisted: dict[str, float] = {}
         """Unlisted vantage -> when it last reported (monotonic), for /api/v1/status."""
         self.consuming = False
@@ -166,10 +167,19 @@ class DetectionService:
         if report is None:
             return
         now = self.clock()
-        if time.time() - report.ts.timestamp() > self.state.settings.stale_after_s:  # the prober's clock
+        age_s = time.time() - report.ts.timestamp()  # against the prober's clock
+        if age_s > self.state.settings.stale_after_s:
             # made long ago: buffered by a publisher through a NATS outage, or a replay. Old news is not
             # fresh evidence; the stream replay on start is the only place history is applied.
             self.metrics.reports_dropped.labels(reason="stale").inc()
+            if report.vantage not in self._stale_logged and len(self._stale_logged) < 1000:
+                self._stale_logged.add(report.vantage)  # once per vantage: a skewed clock shows here
+                log.warning(
+                    "health.stale_dropped",
+                    vantage=report.vantage[:100],
+                    age_s=round(age_s, 1),
+                    hint="reports older than stale_after are dropped; check this prober's clock (NTP)",
+                )
             return
         admitted = self._admit(report)
         if admitted is not None:

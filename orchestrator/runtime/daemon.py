@@ -275,13 +275,13 @@ class Daemon:
                 self.metrics.leader_term.set(term)
                 if self.prober is not None:
                     self.prober.new_boot()  # R1 -> R2 -> R1: R1's reports are never taken as superseded
+                runner.acting = True  # first: an event decided from now on is acted on, not dropped
+                await commands.serve_nats()
                 try:  # what followers decided silently is now ours to keep
                     async with asyncio.timeout(ELECTION_STEP_S):
                         await detection.persist_all()
                 except TimeoutError:
                     log.warning("leader.persist_slow", term=term)
-                await commands.serve_nats()
-                runner.acting = True
                 try:
                     async with asyncio.timeout(ELECTION_STEP_S):
                         resumed = await runner.resume_unfinished()

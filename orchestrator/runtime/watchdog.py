@@ -79,6 +79,8 @@ class DrainWatchdog:
         self.weighted: dict[str, list[str]] = {}
         """failed cluster -> the balancers that still send it traffic, as of the last pass."""
         self.attempts: dict[str, Attempts] = {}
+        self.last_standing: set[str] = set()
+        """Failed clusters that are the last live traffic in their balancers: not retried (the guard)."""
         self._kick = asyncio.Event()
         self.passes = 0
 
@@ -102,6 +104,7 @@ class DrainWatchdog:
                 self.readable.clear()
                 self.weighted.clear()
                 self.attempts.clear()
+                self.last_standing.clear()
                 continue
             try:
                 await self.check_once()
@@ -129,6 +132,11 @@ class DrainWatchdog:
                 out[name] = weights
         return out
 
+    @staticmethod
+    def _others_serve(weights: Mapping[str, int], cluster: str, states: Mapping[str, str]) -> bool:
+        """Whether a cluster other than `cluster`, and not failed, carries traffic in this balancer."""
+        return any(w > 0 and states.get(c) != "failed" for c, w in weights.items() if c != cluster)
+
     async def check_once(self) -> list[str]:
         """One pass; returns the clusters a catch-up drain was started for."""
         self.passes += 1
@@ -141,6 +149,7 @@ class DrainWatchdog:
             serving = sorted(b for b, w in weights.items() if w.get(cluster, 0) > 0)
             if status != "failed" or not serving:
                 self.attempts.pop(cluster, None)
+                self.last_standing.discard(cluster)
                 self.metrics.failed_cluster_weighted.labels(cluster=cluster).set(0)
                 continue
             weighted[cluster] = serving
@@ -151,12 +160,25 @@ class DrainWatchdog:
                 held = await self.held()
             if all((b, cluster) in held for b in serving):
                 continue  # drained before, reverted since: the reconciler puts it back
+            if not any(self._others_serve(weights[b], cluster, states) for b in serving):
+                # no other live cluster carries traffic: min_healthy_clusters refuses this drain, and
+                # retrying would only page again. failover_failed_cluster_weighted stays 1 meanwhile.
+                if cluster not in self.last_standing:
+                    self.last_standing.add(cluster)
+                    log.error("drain.last_standing", cluster=cluster, balancers=serving)
+                continue
+            self.last_standing.discard(cluster)
             attempt = self.attempts.setdefault(cluster, Attempts())
             now = self.clock()
             if now < attempt.next_at:
                 continue
+            # decided on a read that may be seconds old: look again with no await before acting
+            if self.states().get(cluster) != "failed" or self.busy(cluster):
+                continue
             attempt.count += 1
             attempt.next_at = now + min(self.max_backoff_s, self.backoff_s * 2 ** (attempt.count - 1))
+            await self.start_drain(cluster, serving, attempt.count)
+            started.append(cluster)
             reason = (
                 f"{cluster} is failed yet still weighted in {', '.join(serving)}: catch-up drain, "
                 f"attempt {attempt.count}"
@@ -172,8 +194,6 @@ class DrainWatchdog:
                     f"{cluster} still carries traffic after {attempt.count} drain attempts",
                     {**detail, "severity": "critical"},
                 )
-            await self.start_drain(cluster, serving, attempt.count)
-            started.append(cluster)
         self.weighted = weighted
         return started
 
