@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import signal
 import socket
@@ -38,8 +39,33 @@ def find_nats_server() -> str:
     )
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port that is free now, chosen *below* the kernel's ephemeral range: a port the kernel
+    handed out for `bind(0)` is also one it hands to outgoing connections, so between this call and the
+    server's own bind any client could take it (seen in CI as "address already in use")."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(10_000, max(10_001, low - 1))
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # a crowded machine: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

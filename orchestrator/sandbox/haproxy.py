@@ -12,10 +12,10 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 from pathlib import Path
 
 from orchestrator.actuators.haproxy import HAProxyAdmin
+from orchestrator.bus.embedded import free_port
 from orchestrator.core.errors import OrchestratorError
 
 LOOPBACK = "127.0.0.1"
@@ -27,14 +27,6 @@ def find_haproxy() -> str | None:
     if found:
         return found
     return "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").is_file() else None
-
-
-def free_port() -> int:
-    """A loopback port free right now (the usual small race is acceptable for a sandbox)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _worker_pid(info: str) -> str | None:
