@@ -24,7 +24,9 @@ from orchestrator.playbooks.model import Playbook
 log = structlog.get_logger(__name__)
 
 PROTECTIVE = "cluster.failed"
-PREEMPTABLE = ("cluster.recovered",)
+"""The one event that never waits (DESIGN §12): it preempts any active run for its key that is not
+itself protective (a failback, a delayed notification, a manual drain waiting for approval) at the
+run's next journalled point, and cancels every queued one."""
 
 
 @dataclass
@@ -77,6 +79,8 @@ class RunScheduler(abc.ABC):
         if active is None:
             self._start(run)
             return run.id
+        if event.get("type") == PROTECTIVE:
+            await self._cancel_queued(key, event)
         if active.playbook == run.playbook and active.event.get("type") == event.get("type"):
             await self._emit(
                 active.id,
@@ -104,7 +108,7 @@ class RunScheduler(abc.ABC):
                     "reason": f"superseded by a newer {event.get('type')} event",
                 },
             )
-        if event.get("type") == PROTECTIVE and active.event.get("type") in PREEMPTABLE:
+        if event.get("type") == PROTECTIVE and active.event.get("type") != PROTECTIVE:
             queue.insert(0, run)
             active.preempt.set()
             await self._emit(
@@ -122,6 +126,24 @@ class RunScheduler(abc.ABC):
             queue.append(run)
         self.runs[run.id] = run
         return run.id
+
+    async def _cancel_queued(self, key: str, event: Mapping[str, Any]) -> None:
+        """The cluster failed: a queued failback, notification or manual run must not start after the
+        drain and act on a cluster that failed again."""
+        queue = self.pending.get(key, [])
+        for queued in [q for q in queue if q.event.get("type") != PROTECTIVE]:
+            queue.remove(queued)
+            await self._emit(
+                queued.id,
+                queued.playbook,
+                "deduplicated",
+                detail={
+                    "rule": "protective_first",
+                    "key": key,
+                    "reason": f"{event.get('cluster')} failed: this queued "
+                    f"{queued.event.get('type')} run is cancelled",
+                },
+            )
 
     def _concurrency_key(self, playbook: Playbook, event: Mapping[str, Any]) -> str:
         if playbook.concurrency:

@@ -5,6 +5,7 @@ during a sleep, a poll or an approval neither shortens nor stretches it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from pydantic import Field
@@ -12,7 +13,7 @@ from pydantic import Field
 from orchestrator.core.config_fields import Seconds
 from orchestrator.core.errors import PermanentError
 from orchestrator.playbooks import templates
-from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
+from orchestrator.playbooks.actions.base import Action, Params, Preempted, StepContext, register
 from orchestrator.playbooks.plan import truthy
 
 
@@ -99,7 +100,20 @@ class Approval(Action):
         deadline = ctx.deadline("until", params.timeout_s)
         ctx.journal["waiting_approval"] = True
         await ctx.save()
-        decision = await book.wait(ctx.run_id, tuple(params.approvers), ctx.clock.left(deadline))
+        waiting = asyncio.ensure_future(
+            book.wait(ctx.run_id, tuple(params.approvers), ctx.clock.left(deadline))
+        )
+        preempted = asyncio.ensure_future(ctx.preempt.wait())
+        try:  # a failure of this cluster does not wait for a human to answer (DESIGN §12)
+            await asyncio.wait([waiting, preempted], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (waiting, preempted):
+                if not future.done():
+                    future.cancel()
+            await asyncio.gather(waiting, preempted, return_exceptions=True)
+        if not waiting.done() or waiting.cancelled():
+            raise Preempted(f"preempted while {ctx.step} waited for an approval")
+        decision = waiting.result()
         ctx.journal.pop("waiting_approval", None)
         if decision is None:
             if params.on_timeout == "proceed":
