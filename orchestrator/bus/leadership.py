@@ -91,6 +91,11 @@ class Leadership:
         self.resumptions = 0
 
     @property
+    def _io_timeout_s(self) -> float:
+        """Bound on one lease read or write: a call that hangs must not hold up the loop past a renewal."""
+        return max(self.renew_s, 1.0)
+
+    @property
     def is_leader(self) -> bool:
         return self.term is not None and self.clock() < self._valid_until
 
@@ -186,7 +191,7 @@ class Leadership:
     async def _cas(self, value: dict[str, Any], last: int | None) -> int:
         """A lease write, bounded: a write that hangs must not hold up the loop past a renewal."""
         assert self.bus is not None
-        async with asyncio.timeout(max(self.renew_s, 1.0)):
+        async with asyncio.timeout(self._io_timeout_s):
             return await Bus.kv_cas(self.bus.kv.leader, LEADER_KEY, value, last)
 
     async def _renew(self) -> None:
@@ -209,16 +214,24 @@ class Leadership:
             return
         self._valid_until = started + self.ttl_s - self.margin_s
 
+    async def _read_lease(self) -> tuple[dict[str, Any], int] | None:
+        """The lease record and its revision, or None when absent, unreadable or not a record."""
+        assert self.bus is not None
+        try:
+            async with asyncio.timeout(self._io_timeout_s):
+                found = await Bus.kv_get(self.bus.kv.leader, LEADER_KEY)
+        except (OrchestratorError, TimeoutError, ValueError):
+            return None
+        if found is None or not isinstance(found[0], dict):
+            return None
+        return found[0], found[1]
+
     async def _still_ours(self) -> bool:
         """After a lost compare-and-set: does the lease still name us under our term? (A renewal whose
         wait timed out can be applied later, moving the revision past the one we hold.)"""
         assert self.bus is not None
-        try:
-            async with asyncio.timeout(max(self.renew_s, 1.0)):
-                found = await Bus.kv_get(self.bus.kv.leader, LEADER_KEY)
-        except (OrchestratorError, TimeoutError, ValueError):
-            return False
-        if found is None or not isinstance(found[0], dict):
+        found = await self._read_lease()
+        if found is None:
             return False
         record, revision = found
         if record.get("holder") != self.holder or record.get("term") != self.term:
@@ -233,12 +246,8 @@ class Leadership:
         still our term, and nobody else can have held it since, so we lead on under it."""
         assert self.bus is not None
         started = self.clock()
-        try:
-            async with asyncio.timeout(max(self.renew_s, 1.0)):
-                found = await Bus.kv_get(self.bus.kv.leader, LEADER_KEY)
-        except (OrchestratorError, TimeoutError, ValueError):
-            return
-        if found is None or not isinstance(found[0], dict):
+        found = await self._read_lease()
+        if found is None:
             return
         record, revision = found
         vantage = record.get("vantage")

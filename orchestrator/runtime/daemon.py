@@ -174,12 +174,16 @@ class Daemon:
             runner.acting = False  # until elected
             log.info("playbooks.loaded", playbooks=sorted(playbooks))
 
+            def runner_busy(cluster: str) -> bool:
+                """A run is working on this cluster: it owns the cluster's values meanwhile."""
+                return any(r.event.get("cluster") == cluster for r in runner.active.values())
+
             self.reconciler = reconciler = Reconciler(
                 balancers,
                 scale,
                 store,
                 self._system_event,
-                busy=lambda cluster: any(r.event.get("cluster") == cluster for r in runner.active.values()),
+                busy=runner_busy,
                 interval_s=config.reconcile.interval_s,
             )
 
@@ -240,9 +244,6 @@ class Daemon:
                 started.cancel()
             commands = self.commands
 
-            def busy(cluster: str) -> bool:
-                return any(r.event.get("cluster") == cluster for r in runner.active.values())
-
             async def paused(cluster: str) -> bool:
                 return await store.pause_for(cluster) is not None
 
@@ -252,7 +253,7 @@ class Daemon:
             self.watchdog = watchdog = DrainWatchdog(
                 balancers,
                 states,
-                busy,
+                runner_busy,
                 paused,
                 held,
                 lambda cluster, serving, attempt: runner.on_event(catch_up_event(cluster, serving, attempt)),
