@@ -84,8 +84,15 @@ class Engine:
 
 @asynccontextmanager
 async def engine(
-    tmp_path: Path, nats: EmbeddedNats, haproxy_binary: str, playbooks: dict[str, str], tokens: str = "[]"
+    tmp_path: Path,
+    nats: EmbeddedNats,
+    haproxy_binary: str,
+    playbooks: dict[str, str],
+    tokens: str = "[]",
+    nats_url: str | None = None,
 ) -> AsyncIterator[Engine]:
+    """The engine over real NATS (at `nats_url` when given: a fault-injecting proxy in front of `nats`)."""
+    url = nats_url or nats.url
     (tmp_path / "playbooks").mkdir()
     for name, text in playbooks.items():
         (tmp_path / "playbooks" / f"{name}.yaml").write_text(text)
@@ -97,13 +104,13 @@ async def engine(
                 tmp_path,
                 f,
                 hook.url,
-                nats_url=nats.url,
+                nats_url=url,
                 playbooks=tmp_path / "playbooks",
                 admin_url=counter.url,
                 tokens=tokens,
             )
         )
-        bus = await Bus.connect(NatsConfig(url=nats.url), tmp_path, name="engine")
+        bus = await Bus.connect(NatsConfig(url=url), tmp_path, name="engine")
         await bus.ensure_topology()
         session = aiohttp.ClientSession()
         states = {c.name: "healthy" for c in config.clusters}

@@ -42,7 +42,7 @@ from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import REGISTRY, Preempted, Services, StepContext
 from orchestrator.playbooks.journal import Fenced, Journal
 from orchestrator.playbooks.model import RetryPolicy
-from orchestrator.playbooks.plan import truthy
+from orchestrator.playbooks.plan import fleet_view, truthy
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +99,7 @@ class RunExecutor:
         plan = self.record["plan"]
         context: dict[str, Any] = {
             "event": self.record["event"],
-            "clusters": plan.get("clusters", []),
+            "clusters": fleet_view(plan, self.clusters()),
             "vars": plan.get("vars", {}),
             "steps": {},
         }
@@ -132,9 +132,9 @@ class RunExecutor:
             return await self._finish("needs_attention")
         except StepFailed as e:
             self.record.update(failed_step=e.step, error=e.reason)
-            await self._compensate(context)
+            attention = await self._compensate(context)
             await self._on_failure(context, e.step, e.reason)
-            return await self._finish("failed")
+            return await self._finish("needs_attention" if attention else "failed")
         return await self._finish("succeeded")
 
     async def _finish(self, status: str, detail: dict[str, Any] | None = None) -> str:
@@ -206,11 +206,19 @@ class RunExecutor:
                         sub = subs.setdefault(str(i), {"item": item, "status": "pending", "attempts": 0})
                         if sub["status"] == "succeeded":
                             return sub.get("result")
+                        in_flight = sub["status"] == "running"
+                        if not in_flight:  # journalled before the effect: a crash now is seen on resume
+                            sub["status"] = "running"
+                            await self.save()
                         return await self._invoke(
-                            step, step_id, sub, {**context, "item": item}, sub["status"] == "running"
+                            step, step_id, sub, {**context, "item": item}, in_flight, item_index=i
                         )
 
-                result = list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+                outcomes = await asyncio.gather(
+                    *(one(i, item) for i, item in enumerate(items)), return_exceptions=True
+                )
+                _raise_first(outcomes)  # every item ran to its end; the most serious outcome wins
+                result = list(outcomes)
         except StepFailed as e:
             await self._fail(step, entry, context, e.reason)
             return
@@ -257,12 +265,15 @@ class RunExecutor:
         entry: dict[str, Any],
         context: dict[str, Any],
         was_running: bool,
+        item_index: int | None = None,
     ) -> Any:
         action = REGISTRY[step["action"]]
+        where = step_id if item_index is None else f"{step_id}[{item_index}]"
         if was_running and not action.idempotent:
             raise NeedsAttention(
                 step_id,
-                f"{step['action']} was in flight when the daemon stopped; it is not "
+                f"{step['action']}{'' if item_index is None else f' (item {item_index})'} was in flight "
+                "when the daemon stopped; it is not "
                 "idempotent, so it was not repeated: check whether it happened",
             )
         try:
@@ -285,7 +296,7 @@ class RunExecutor:
             self.services,
             self.run_id,
             str(self.record["playbook"]),
-            step_id,
+            where,  # per item: dedup keys and messages name the item
             self.record["event"],
             journal=entry,
             min_healthy_clusters=int(self.guards.get("min_healthy_clusters", 1)),
@@ -347,8 +358,10 @@ class RunExecutor:
 
     # failure paths -------------------------------------------------------------------------------
 
-    async def _compensate(self, context: dict[str, Any]) -> None:
-        """Undo, in reverse order, the succeeded steps that opted in with `compensate:`."""
+    async def _compensate(self, context: dict[str, Any]) -> bool:
+        """Undo, in reverse order, the succeeded steps that opted in with `compensate:`. Returns whether
+        a non-idempotent compensation was in flight at a crash (a human must check it)."""
+        attention = False
         states = self.services.cluster_states()
         for step in reversed(self.record["plan"]["steps"]):
             compensate = step.get("compensate")
@@ -378,15 +391,25 @@ class RunExecutor:
             )
             if comp_entry["status"] == "succeeded":
                 continue
+            in_flight = comp_entry["status"] == "running"
+            if not in_flight:  # journalled before the effect, like every step
+                comp_entry["status"] = "running"
+                await self.save()
             try:
                 result = await self._invoke(
                     comp_step,
                     comp_step["id"],
                     comp_entry,
                     {**context, "before": entry.get("before")},
-                    comp_entry["status"] == "running",
+                    in_flight,
                 )
-            except (StepFailed, NeedsAttention) as e:
+            except NeedsAttention as e:
+                comp_entry.update(status="failed", error=e.reason)
+                await self.save()
+                await self.emit("needs_attention", comp_step["id"], None, {"reason": e.reason})
+                attention = True
+                continue
+            except StepFailed as e:
                 comp_entry.update(status="failed", error=str(e))
                 await self.save()
                 await self.emit("step.failed", comp_step["id"], comp_entry.get("attempts"), {"error": str(e)})
@@ -394,6 +417,7 @@ class RunExecutor:
             comp_entry["status"] = "succeeded"
             await self.save()
             await self.emit("compensated", str(step["id"]), None, {"result": result})
+        return attention
 
     async def _on_failure(self, context: dict[str, Any], failed_step: str, error: str) -> None:
         context = {**context, "failed_step": failed_step, "error": error}
@@ -402,6 +426,18 @@ class RunExecutor:
                 await self._step(step, context)
             except (StepFailed, NeedsAttention) as e:
                 log.error("run.on_failure_step_failed", run_id=self.run_id, step=step["id"], error=str(e))
+
+
+def _raise_first(outcomes: list[Any]) -> None:
+    """After every `for_each` item ended: raise what matters most. Losing the lease or being preempted
+    stops the run; an item that needs a human outranks one that failed."""
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    for kind in (asyncio.CancelledError, Fenced, NotLeader, Preempted, NeedsAttention, StepFailed):
+        for error in errors:
+            if isinstance(error, kind):
+                raise error
+    if errors:
+        raise errors[0]
 
 
 def _log_retry(step_id: str, state: RetryCallState) -> None:

@@ -102,6 +102,26 @@ def render_plan(playbook: Playbook, event: dict[str, Any], clusters: list[dict[s
     }
 
 
+def compact_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan as journalled: the fleet snapshot the templates saw is kept as the states that were not
+    `healthy` (`fleet_states`), not the whole cluster list, so a record stays small at 1,000 clusters.
+    Names, labels and weights come back from the configuration (`fleet_view`)."""
+    out = {k: v for k, v in plan.items() if k != "clusters"}
+    out["fleet_states"] = {
+        str(c["name"]): c.get("state") for c in plan.get("clusters", []) if c.get("state") != "healthy"
+    }
+    return out
+
+
+def fleet_view(plan: dict[str, Any], clusters_now: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cluster list a run's templates see: the snapshot taken at run start (older records embed it
+    whole; newer ones keep the states that were not healthy), over the clusters configured now."""
+    if "clusters" in plan:
+        return list(plan["clusters"])
+    states = plan.get("fleet_states") or {}
+    return [{**c, "state": states.get(c["name"], "healthy")} for c in clusters_now]
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() not in ("", "false", "no", "0", "none")

@@ -27,7 +27,8 @@ import structlog
 
 from orchestrator.bus.leadership import NotLeader
 from orchestrator.bus.state import StateStore
-from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.aio import wait_any
+from orchestrator.core.errors import OrchestratorError, TemporaryError
 from orchestrator.core.models import RunEvent, RunEventType, rfc3339
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import Preempted, Services
@@ -35,12 +36,16 @@ from orchestrator.playbooks.execute import RunExecutor
 from orchestrator.playbooks.guards import apply_rate_guards, pause_reason, wait_delay
 from orchestrator.playbooks.journal import Fenced, Journal
 from orchestrator.playbooks.loader import LoadedPlaybook
-from orchestrator.playbooks.plan import render_plan
+from orchestrator.playbooks.plan import compact_plan, render_plan
 from orchestrator.playbooks.scheduling import PROTECTIVE, Run, RunScheduler
 
 log = structlog.get_logger(__name__)
 
 ClusterView = Callable[[], list[dict[str, Any]]]
+
+FIRST_SAVE_BACKOFF_S = 0.2
+FIRST_SAVE_WINDOW_S = 30.0
+"""How long a run's first journal write is retried (a JetStream election takes a few seconds)."""
 
 
 class Runner(RunScheduler):
@@ -98,6 +103,40 @@ class Runner(RunScheduler):
                 started.append(run_id)
         return started
 
+    def touches(self, cluster: str) -> bool:
+        """Whether an active run works on `cluster`: its event's cluster, or a cluster one of its steps
+        names (a survivor it scales, the items of a `for_each`). The reconciler and the watchdog leave
+        such a cluster's balancer weights and workloads to the run until it finishes."""
+        for run in self.active.values():
+            if run.task is not None and run.task.done():
+                continue
+            if run.event.get("cluster") == cluster:
+                return True
+            record = run.record or {}
+            steps = [*record.get("plan", {}).get("steps", []), *record.get("plan", {}).get("on_failure", [])]
+            for step in steps:
+                if (step.get("with") or {}).get("cluster") == cluster:
+                    return True
+                items = step.get("for_each")
+                if isinstance(items, list) and cluster in items:
+                    return True
+            for entry in record.get("steps", {}).values():
+                if cluster in (entry.get("items_list") or []):
+                    return True
+        return False
+
+    def protecting(self, cluster: str) -> bool:
+        """Whether a protective run (on `cluster.failed`) for `cluster` is running or queued. Anything
+        else working on the cluster (a failback, a notification, an approval) does not stop the drain
+        watchdog: its catch-up `cluster.failed` preempts that run (DESIGN §12)."""
+        queued = [run for runs in self.pending.values() for run in runs]
+        return any(
+            run.event.get("type") == PROTECTIVE
+            and run.event.get("cluster") == cluster
+            and (run.task is None or not run.task.done())
+            for run in [*self.active.values(), *queued]
+        )
+
     # driving a run ------------------------------------------------------------------------------
 
     async def _drive(self, run: Run) -> None:
@@ -116,8 +155,11 @@ class Runner(RunScheduler):
         except asyncio.CancelledError:
             raise
         except Exception:
+            # the record still says `running`: the periodic adoption (resume_unfinished) picks it up
             log.exception("run.crashed", run_id=run.id)
         finally:
+            if self.runs.get(run.id) is run:
+                del self.runs[run.id]  # finished here: the journal has it (bounded memory)
             self._next(run.key)
 
     def _executor(self, run: Run) -> RunExecutor:
@@ -147,15 +189,15 @@ class Runner(RunScheduler):
         }
         run.record = record
         try:
-            record["plan"] = render_plan(pb, run.event, self.clusters())
+            record["plan"] = compact_plan(render_plan(pb, run.event, self.clusters()))
         except templates.TemplateError as e:
             record.update(status="failed", error=f"cannot render the plan: {e}", plan={"steps": []})
-            await self.journal.save(record)
+            await self._first_save(record)
             await self._emit(
                 run.id, pb.name, "finished", detail={"status": "failed", "error": record["error"]}
             )
             return
-        await self.journal.save(record)
+        await self._first_save(record)
         await self._emit(
             run.id,
             pb.name,
@@ -175,6 +217,33 @@ class Runner(RunScheduler):
             return
         await apply_rate_guards(self.store, self.journal, run, self._emit)
 
+    async def _first_save(self, record: dict[str, Any]) -> None:
+        """Hand the event over to the journal durably (DESIGN §12): the first write is retried with
+        backoff through a JetStream hiccup (an election, a slow disk) instead of ending in `run.crashed`
+        with no record. A write that timed out may have landed: the retry then loses its create, and the
+        record found is ours (same id and creation time), so it is adopted, not given up as fenced."""
+        delay = FIRST_SAVE_BACKOFF_S
+        deadline = time.monotonic() + FIRST_SAVE_WINDOW_S
+        uncertain = False
+        while True:
+            try:
+                await self.journal.save(record)
+                return
+            except Fenced:
+                if not uncertain:
+                    raise
+                found = await self.journal.load(str(record["id"]))  # adopts its revision when ours
+                if found is None or found.get("created_at") != record.get("created_at"):
+                    raise
+                uncertain = False  # ours landed: write the current content over it
+            except TemporaryError as e:
+                if time.monotonic() + delay > deadline or not self.acting:
+                    raise
+                uncertain = True
+                log.warning("run.first_write_retry", run_id=record["id"], error=str(e), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     async def _block(self, run: Run, rule: str, reason: str) -> None:
         assert run.record is not None
         run.record.update(status="blocked", error=reason, finished_at=rfc3339(self.services.clock.wall()))
@@ -190,9 +259,21 @@ class Runner(RunScheduler):
     # resume ---------------------------------------------------------------------------------------
 
     async def resume_unfinished(self) -> list[str]:
-        """Adopt and continue every run a previous process left unfinished (its plan, not today's)."""
+        """Adopt and continue every run left unfinished that no task of this process drives: a previous
+        leader's (at election) and, called periodically, one of ours whose journal write failed mid-run
+        (its task ended, its record still says `running`). Each continues from its journalled plan.
+
+        A run that is not protective while its cluster is `failed` now (a failback a previous leader was
+        preempting) is resumed preempted: it stops at its first journalled point, so neither it nor
+        the catch-up drain waits for the other (DESIGN §12)."""
         resumed = []
+        states = self.services.cluster_states()
         for record in await self.journal.unfinished():
+            known = self.runs.get(str(record.get("id")))
+            if known is not None and (known.task is None or not known.task.done()):
+                continue  # queued or running here: ours already
+            if not self.acting:
+                break
             run = Run(
                 str(record["id"]),
                 str(record["playbook"]),
@@ -203,8 +284,13 @@ class Runner(RunScheduler):
                 bool(record.get("force")),
                 record.get("actor"),
             )
+            cluster = run.event.get("cluster")
+            failed_now = isinstance(cluster, str) and states.get(cluster) == "failed"
+            if failed_now and run.event.get("type") != PROTECTIVE:
+                run.preempt.set()
             if run.key in self.active:
                 self.pending.setdefault(run.key, []).append(run)
+                self.runs[run.id] = run
             else:
                 self._start(run)
             in_flight = [s for s, e in record.get("steps", {}).items() if e.get("status") == "running"]
@@ -218,8 +304,37 @@ class Runner(RunScheduler):
                     "done": [s for s, e in record.get("steps", {}).items() if e.get("status") == "succeeded"],
                 },
             )
+            if run.preempt.is_set():
+                await self._emit(
+                    run.id,
+                    run.playbook,
+                    "preempted",
+                    detail={
+                        "rule": "protective_first",
+                        "key": run.key,
+                        "by_event": PROTECTIVE,
+                        "reason": f"{cluster} is failed: the resumed run stops at its next journalled point",
+                    },
+                )
             resumed.append(run.id)
         return resumed
+
+    async def adopt_orphans(
+        self, stop: asyncio.Event, interval_s: float, active: Callable[[], bool], timeout_s: float = 10.0
+    ) -> None:
+        """While this replica leads, adopt every `interval_s` the unfinished runs no task drives (a
+        journal write that failed mid-run ended its task; its record still says `running`)."""
+        while not stop.is_set():
+            await wait_any(stop, timeout_s=interval_s)
+            if stop.is_set() or not active() or not self.acting:
+                continue
+            try:
+                async with asyncio.timeout(timeout_s):
+                    adopted = await self.resume_unfinished()
+                if adopted:
+                    log.warning("runs.adopted", runs=adopted)
+            except (TimeoutError, OrchestratorError) as e:
+                log.warning("runs.adopt_failed", error=str(e) or "timeout")
 
     # events and lifecycle -------------------------------------------------------------------------
 

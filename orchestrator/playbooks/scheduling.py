@@ -98,6 +98,7 @@ class RunScheduler(abc.ABC):
         queue = self.pending.setdefault(key, [])
         for queued in [q for q in queue if q.playbook == run.playbook]:
             queue.remove(queued)  # latest wins
+            self.runs.pop(queued.id, None)
             await self._emit(
                 queued.id,
                 queued.playbook,
@@ -133,6 +134,7 @@ class RunScheduler(abc.ABC):
         queue = self.pending.get(key, [])
         for queued in [q for q in queue if q.event.get("type") != PROTECTIVE]:
             queue.remove(queued)
+            self.runs.pop(queued.id, None)
             await self._emit(
                 queued.id,
                 queued.playbook,

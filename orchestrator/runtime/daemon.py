@@ -174,9 +174,7 @@ class Daemon:
             runner.acting = False  # until elected
             log.info("playbooks.loaded", playbooks=sorted(playbooks))
 
-            def runner_busy(cluster: str) -> bool:
-                """A run is working on this cluster: it owns the cluster's values meanwhile."""
-                return any(r.event.get("cluster") == cluster for r in runner.active.values())
+            runner_busy = runner.touches  # a run working on a cluster owns its values meanwhile
 
             self.reconciler = reconciler = Reconciler(
                 balancers,
@@ -253,7 +251,7 @@ class Daemon:
             self.watchdog = watchdog = DrainWatchdog(
                 balancers,
                 states,
-                runner_busy,
+                runner.protecting,  # a failback on a failed cluster is preempted by the catch-up
                 paused,
                 held,
                 lambda cluster, serving, attempt: runner.on_event(catch_up_event(cluster, serving, attempt)),
@@ -310,6 +308,10 @@ class Daemon:
             self.watcher = watcher = PlaybookWatcher(config, runner, self._system_event)
             supervisor.spawn("playbook-watcher", lambda: watcher.run(stop))
             supervisor.spawn("reconciler", lambda: reconciler.run(stop, active=lambda: leadership.is_leader))
+            interval_s = config.reconcile.interval_s
+            supervisor.spawn(
+                "run-adopter", lambda: runner.adopt_orphans(stop, interval_s, lambda: leadership.is_leader)
+            )
             supervisor.spawn(
                 "drain-watchdog", lambda: watchdog.run(stop, active=lambda: leadership.is_leader)
             )

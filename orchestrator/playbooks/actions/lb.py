@@ -66,7 +66,8 @@ class RestoreParams(Params):
     """Percentages of the original weight, applied in order; must end at 100."""
     interval_s: Seconds = Field(default=10.0, alias="interval", ge=0)
     gate: bool = True
-    """Each ramp step after the first requires the cluster to be healthy still."""
+    """Each ramp step, the first included, requires the cluster to be healthy at that moment: a failback
+    never raises the weight of a cluster that is not healthy."""
 
     @model_validator(mode="after")
     def _ramp(self) -> RestoreParams:
@@ -83,8 +84,9 @@ def ramp_weights(target: int, ramp: list[int]) -> list[int]:
 class LbRestore(Action):
     """Put back the recorded weight (optionally ramped), only where the current value is still ours.
 
-    Each ramp step is a journalled point: progress is saved, and a preemption (the cluster failed
-    again) stops the ramp at once so the drain can run.
+    Each ramp step is a journalled point: the weight about to be set is journalled before the set and
+    the progress after it, so a crash between the two resumes the ramp where it was; a preemption (the
+    cluster failed again) stops the ramp at once so the drain can run.
     """
 
     name = "lb.restore"
@@ -111,12 +113,18 @@ class LbRestore(Action):
             if i:
                 # journalled as a wall-clock time (a resumed ramp keeps it), waited on the monotonic clock
                 await ctx.sleep_until(ctx.deadline("next_at", params.interval_s))
-                state = ctx.services.cluster_states().get(params.cluster, "unknown")
-                if params.gate and state != "healthy":
-                    raise PermanentError(
-                        f"health gate: {params.cluster} is {state} after the ramp step to "
-                        f"{steps[i - 1]}; the ramp stops here"
-                    )
+            state = ctx.services.cluster_states().get(params.cluster, "unknown")
+            if params.gate and state != "healthy" and not ctx.force:  # every step, the first included
+                where = f"after the ramp step to {steps[i - 1]}" if i else "before the first ramp step"
+                raise PermanentError(f"health gate: {params.cluster} is {state} {where}; the ramp stops here")
+            if ctx.journal.get("pending") == steps[i] and i == done:
+                # resumed after a crash between the set and its journal entry: the weight we find is
+                # ours when it is the value we were setting (the intent is journalled before each set)
+                now = (await actuator.get_weights()).get(params.cluster)
+                if now == steps[i]:
+                    expect = steps[i]
+            ctx.journal["pending"] = steps[i]
+            await ctx.save()
             change = await actuator.set_weight(
                 params.cluster, steps[i], expect=expect, min_healthy=ctx.min_healthy_clusters, force=ctx.force
             )
@@ -130,6 +138,7 @@ class LbRestore(Action):
                     "restored": False,
                 }
             expect = steps[i]
+            ctx.journal.pop("pending", None)
             ctx.journal.update(last_set=steps[i], ramp_done=i + 1, changes=changes)
             ctx.forget_deadline("next_at")
             await ctx.save()
