@@ -318,3 +318,30 @@ async def test_finished_runs_do_not_stay_in_memory(
         await e.runner.wait_idle(5)
         assert run_id not in e.runner.runs and not e.runner.active
         assert (await e.record(run_id))["status"] == "succeeded"  # the journal keeps it
+
+
+async def test_a_run_record_keeps_the_fleet_states_it_saw_not_the_whole_fleet(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    book = """name: page
+on: {event: cluster.failed}
+steps:
+  - {id: drain, action: lb.drain, with: {balancer: global, cluster: "{{ event.cluster }}"}}
+  - id: tell
+    action: notify
+    with:
+      notifier: oncall
+      summary: "{{ steps.drain.change }}; serving: {{ clusters | selectattr('state', 'ne', 'failed')
+        | map(attribute='name') | join(',') }}"
+"""
+    async with engine(tmp_path, nats_server, haproxy_binary, {"page": book}) as e:
+        e.states["us-east"] = "failed"
+        [run_id] = await e.event("cluster.failed", "us-east")
+        await wait_record(e, run_id, lambda r: r["steps"].get("drain"), "the run started")
+        e.states["eu-west"] = "failed"  # later changes do not leak into the run's templates
+        record = await e.finished(run_id)
+        assert "clusters" not in record["plan"]
+        assert record["plan"]["fleet_states"] == {"us-east": "failed"}
+        assert [n["summary"] for n in e.hook.received] == [
+            "global/us-east weight 100 -> 0; serving: eu-west,ap-south"
+        ]
