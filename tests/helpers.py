@@ -213,3 +213,43 @@ async def collect(bus: Bus, subject: str) -> list[dict[str, Any]]:
 
     await bus.subscribe(subject, on)
     return out
+
+
+@dataclass
+class HAProxyPair:
+    """Two HAProxy instances of one balancer, as deploy/ ships them: the same backend and servers, an
+    admin port each, and an `AdminCounter` in front of each admin port to count what each one is sent."""
+
+    apps: dict[str, AppServer]
+    instances: list[HAProxyProcess]
+    counters: list[AdminCounter]
+
+    async def weights(self, index: int) -> dict[str, int]:
+        """cluster -> weight on one instance, read straight from it (not through its counter)."""
+        state = await HAProxyAdmin(self.instances[index].admin_url, 2.0).servers_state("web")
+        return {c: state[s].weight for c, s in MEMBERS.items()}
+
+
+@asynccontextmanager
+async def haproxy_pair(work: Path, binary: str) -> AsyncIterator[HAProxyPair]:
+    """Simulated clusters behind two real HAProxy instances that serve the same backend `web`."""
+    apps = {name: AppServer(name, free_port()) for name in MEMBERS}
+    servers = {MEMBERS[n]: ("127.0.0.1", a.port) for n, a in apps.items()}
+    instances = [HAProxyProcess(work / f"haproxy-{i}", servers, binary=binary) for i in (1, 2)]
+    counters: list[AdminCounter] = []
+    try:
+        for app in apps.values():
+            await app.start()
+        for instance in instances:
+            await instance.start()
+            counter = AdminCounter(instance.admin_port)
+            await counter.start()
+            counters.append(counter)
+        yield HAProxyPair(apps, instances, counters)
+    finally:
+        for counter in counters:
+            await counter.stop()
+        for instance in instances:
+            await instance.stop()
+        for app in apps.values():
+            await app.stop()

@@ -389,6 +389,7 @@ async def test_a_drain_reverted_by_an_haproxy_reload_is_reasserted(
                 "cluster": "us-east",
                 "expected": 0,
                 "found": 100,
+                "instances": {f.haproxy.admin_url: 100},
                 "reasserted": True,
             }
 

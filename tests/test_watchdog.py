@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.actuators.lb import WeightsView
 from orchestrator.core.metrics import Metrics
 from orchestrator.runtime.watchdog import DrainWatchdog
 
@@ -16,6 +17,9 @@ class MemoryBalancer:
 
     async def get_weights(self) -> dict[str, int]:
         return dict(self.weights)
+
+    async def read(self) -> WeightsView:
+        return WeightsView({"memory": dict(self.weights)}, {}, dict(self.weights))
 
 
 class Harness:

@@ -8,22 +8,43 @@ Fencing (DESIGN §6b): `set_weights` takes the leader's `fence` and calls it imm
 write it sends (each HAProxy instance's `set weight`, each attempt of a Kubernetes or webhook
 read-modify-write), after whatever I/O came before, so a replica that stopped leading while it was
 reading or recording sends nothing more.
+
+Instances (DESIGN §2.6): a balancer may run as several instances (two HAProxy processes) that each keep
+their own runtime weights and drift apart on their own (a reload, an outage during a write). Drivers
+report each instance's weights separately and write to a chosen subset, so one instance that is down or
+reverted never stops the others from being read or corrected. A driver that is one thing to talk to (a
+Kubernetes route, a webhook) is one pseudo-instance, named after the balancer.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from orchestrator.core.config_drivers import LoadBalancerConfig
+from orchestrator.core.errors import OrchestratorError, PermanentError, TemporaryError
 
 Term = Callable[[], int | None]
 Fence = Callable[[], None]
 """Raises (NotLeader) when this replica no longer leads; a no-op where there is no election."""
 
 
+InstanceWeights = dict[str, dict[str, int] | OrchestratorError]
+"""instance address -> {cluster: native weight}, or the error that instance's read ended in."""
+
+
 def no_fence() -> None:
     """The fence of a process that acts alone (tests, `failover plan`): never refuses."""
+
+
+def combined_error(failures: Sequence[OrchestratorError]) -> OrchestratorError:
+    """One error for several instances' failures: permanent if any is (retrying will not fix a refusal),
+    else temporary; the message keeps every instance's own."""
+    message = "; ".join(str(error) for error in failures)
+    cls = PermanentError if any(isinstance(error, PermanentError) for error in failures) else TemporaryError
+    error = cls(message)
+    error.__cause__ = failures[0]
+    return error
 
 
 class Balancer(ABC):
@@ -48,8 +69,17 @@ class Balancer(ABC):
         """Current native weight per member cluster.
 
         With several instances that disagree, raise TemporaryError naming the disagreement: a change
-        only counts once every instance has it.
+        only counts once every instance has it. (The actuator reads `get_instance_weights` instead and
+        resolves a disagreement itself, so that one reverted instance does not block every change.)
         """
+
+    async def get_instance_weights(self) -> InstanceWeights:
+        """Each instance's weights, or the error its read ended in: one unreadable instance does not
+        hide the others. The default is the whole balancer as one pseudo-instance."""
+        try:
+            return {self.name: await self.get_weights()}
+        except OrchestratorError as e:
+            return {self.name: e}
 
     def member_label(self, cluster: str) -> str:
         """The balancer's own name for a cluster's member, as its operators know it (`failover plan`)."""
@@ -63,6 +93,16 @@ class Balancer(ABC):
         its NotLeader propagates as it is. Raises TemporaryError (unreachable, timeout) or
         PermanentError (refused by the balancer).
         """
+
+    async def set_instance_weights(
+        self, weights: Mapping[str, int], instances: Collection[str], fence: Fence = no_fence
+    ) -> None:
+        """Like `set_weights`, on the named instances only (those the reconciler found reverted).
+
+        The default driver has its one pseudo-instance: it is written when named, else nothing is.
+        """
+        if self.name in instances:
+            await self.set_weights(weights, fence)
 
     def native_weight(self, nominal: int) -> int:
         """A cluster's nominal weight in this driver's range, used when no original was recorded.

@@ -3,8 +3,8 @@
 The runtime API is a line protocol on a TCP or unix socket: one command per connection, the reply read
 to EOF (DESIGN §11). Success of `set weight` is an empty line and any other text is an error, so errors
 are classified here, at the boundary: sockets and timeouts are temporary, refusals are permanent.
-Runtime weights are lost on a reload unless the instance loads a server-state file; callers re-assert
-desired weights when they detect one.
+Runtime weights are lost on a reload unless the instance loads a server-state file; the reconciler
+re-asserts desired weights on the instances it finds reverted, and only on those.
 """
 
 from __future__ import annotations
@@ -12,13 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
 
-from orchestrator.actuators.base import Balancer, Fence, Term, no_fence
+from orchestrator.actuators.base import (
+    Balancer,
+    Fence,
+    InstanceWeights,
+    Term,
+    combined_error,
+    no_fence,
+)
 from orchestrator.bus.leadership import NotLeader
 from orchestrator.core.config_drivers import LoadBalancerConfig
 from orchestrator.core.errors import OrchestratorError, PermanentError, TemporaryError
@@ -192,20 +199,17 @@ async def _on_all(instances: Sequence[HAProxyAdmin], calls: Sequence[Awaitable[T
     for result in results:
         if isinstance(result, NotLeader):
             raise result
-    failures: list[tuple[str, OrchestratorError]] = []
+    failures: list[OrchestratorError] = []
     values: list[T] = []
-    for instance, result in zip(instances, results, strict=True):
+    for result in results:
         if isinstance(result, OrchestratorError):
-            failures.append((instance.address, result))
+            failures.append(result)
         elif isinstance(result, BaseException):
             raise result
         else:
             values.append(result)
     if failures:
-        message = "; ".join(str(error) for _, error in failures)
-        if any(isinstance(error, PermanentError) for _, error in failures):
-            raise PermanentError(message) from failures[0][1]
-        raise TemporaryError(message) from failures[0][1]
+        raise combined_error(failures)
     return values
 
 
@@ -233,20 +237,32 @@ class HAProxyBalancer(Balancer):
             weights[cluster] = states[server].weight
         return weights
 
-    async def get_instance_weights(self) -> dict[str, dict[str, int]]:
-        """instance address -> {cluster: weight}: for status pages and drift detection."""
-        results = await _on_all(self.instances, [self._instance_weights(i) for i in self.instances])
-        return {instance.address: weights for instance, weights in zip(self.instances, results, strict=True)}
+    async def get_instance_weights(self) -> InstanceWeights:
+        """instance address -> {cluster: weight}, or the error of an instance that could not be read:
+        for status pages, drift detection, and reads that one instance down must not stop."""
+        results = await asyncio.gather(
+            *(self._instance_weights(i) for i in self.instances), return_exceptions=True
+        )
+        out: InstanceWeights = {}
+        for instance, result in zip(self.instances, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, OrchestratorError):
+                raise result
+            out[instance.address] = result
+        return out
 
     async def get_weights(self) -> dict[str, int]:
         by_instance = await self.get_instance_weights()
-        first, *others = by_instance.values()
+        failures = [result for result in by_instance.values() if isinstance(result, OrchestratorError)]
+        if failures:
+            raise combined_error(failures)
+        read = {address: w for address, w in by_instance.items() if not isinstance(w, OrchestratorError)}
+        first, *others = read.values()
         if all(weights == first for weights in others):
             return first
         disagreements = [
-            f"{cluster}: " + ", ".join(f"{address}={w[cluster]}" for address, w in by_instance.items())
+            f"{cluster}: " + ", ".join(f"{address}={w[cluster]}" for address, w in read.items())
             for cluster in self.members
-            if len({w[cluster] for w in by_instance.values()}) > 1
+            if len({w[cluster] for w in read.values()}) > 1
         ]
         raise TemporaryError(f"haproxy instances of {self.name!r} disagree: " + "; ".join(disagreements))
 
@@ -254,11 +270,29 @@ class HAProxyBalancer(Balancer):
         return f"{self.backend}/{self.members[cluster]}"
 
     async def set_weights(self, weights: Mapping[str, int], fence: Fence = no_fence) -> None:
+        await self._write(weights, self.instances, fence)
+
+    async def set_instance_weights(
+        self, weights: Mapping[str, int], instances: Collection[str], fence: Fence = no_fence
+    ) -> None:
+        unknown = sorted(set(instances) - {i.address for i in self.instances})
+        if unknown:
+            raise PermanentError(f"balancer {self.name!r} has no instance {', '.join(unknown)}")
+        await self._write(weights, [i for i in self.instances if i.address in instances], fence)
+
+    async def _write(
+        self, weights: Mapping[str, int], instances: Sequence[HAProxyAdmin], fence: Fence
+    ) -> None:
+        """Absolute weights on `instances`, concurrently, then read back from the same instances.
+
+        Every instance is attempted even when another one fails, so a drain reaches the instances
+        that answer at once; the error names the ones that did not.
+        """
         unknown = sorted(set(weights) - set(self.members))
         if unknown:
             raise PermanentError(f"balancer {self.name!r} has no member for cluster(s) {', '.join(unknown)}")
         targets = {cluster: check_weight(weight) for cluster, weight in weights.items()}
-        if not targets:
+        if not targets or not instances:
             return
 
         async def apply(instance: HAProxyAdmin) -> None:
@@ -267,11 +301,11 @@ class HAProxyBalancer(Balancer):
                 fence()  # right before each command on each instance: a deposed leader sends no more
                 await instance.set_weight(self.backend, self.members[cluster], weight)
 
-        await _on_all(self.instances, [apply(instance) for instance in self.instances])
-        by_instance = await self.get_instance_weights()
+        await _on_all(instances, [apply(instance) for instance in instances])
+        read = await _on_all(instances, [self._instance_weights(i) for i in instances])
         wrong = [
-            f"{address} has {cluster}={current[cluster]} (wanted {weight})"
-            for address, current in by_instance.items()
+            f"{instance.address} has {cluster}={current[cluster]} (wanted {weight})"
+            for instance, current in zip(instances, read, strict=True)
             for cluster, weight in targets.items()
             if current[cluster] != weight
         ]

@@ -8,6 +8,12 @@ The leader's fence is checked before anything is recorded, and handed to the dri
 again immediately before each write it sends (after the NATS write of the original weight, for each
 HAProxy instance, on each Kubernetes retry attempt).
 
+Several instances (two HAProxy processes) are read one by one. Where they disagree (one was reloaded,
+one missed a write while it was down) the actuator resolves one value per cluster rather than refusing to
+act: a disagreement is drift for the reconciler, never a reason to block a drain. What a change intends
+(the original weight, the desired weight) is recorded before the balancer is touched, so a write that
+reaches one instance and times out on the other is completed by the reconciler.
+
 Changes are described as `global/us-east weight 100 -> 0` in run results (the journal, events and
 notifications); `failover plan` adds the balancer's own name for the member,
 `global/us-east (web/us1) weight 100 -> 0`, so the line can be checked against the balancer's config.
@@ -18,12 +24,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from orchestrator.actuators.base import Balancer, Fence
+from orchestrator.actuators.base import Balancer, Fence, combined_error
 from orchestrator.bus.state import StateStore
-from orchestrator.core.errors import GuardRefused
+from orchestrator.core.errors import GuardRefused, OrchestratorError, PermanentError
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +58,26 @@ class WeightChange:
             self.balancer, self.cluster, self.before, self.after, self.member if with_member else None
         )
         return f"{text} (drift: {self.drift})" if self.drift else text
+
+
+@dataclass(frozen=True)
+class WeightsView:
+    """One read of every instance of a balancer."""
+
+    instances: dict[str, dict[str, int]]
+    """instance -> cluster -> weight, for the instances that answered."""
+    unreadable: dict[str, OrchestratorError]
+    """instance -> why it could not be read."""
+    current: dict[str, int]
+    """cluster -> the one value decisions are made on (`BalancerActuator.read` says how)."""
+
+    def off(self, cluster: str, weight: int) -> dict[str, int]:
+        """The instances that answered with another weight than `weight` for `cluster`, and theirs."""
+        return {a: w[cluster] for a, w in self.instances.items() if cluster in w and w[cluster] != weight}
+
+    def settled(self, cluster: str, weight: int) -> bool:
+        """Every instance answered and has `weight`: there is nothing to write."""
+        return not self.unreadable and not self.off(cluster, weight)
 
 
 class BalancerActuator:
@@ -111,6 +138,36 @@ class BalancerActuator:
         [change] = await self.set_weights({cluster: 0}, min_healthy=min_healthy, force=force)
         return change
 
+    def _desired_key(self, cluster: str) -> str:
+        return f"desired.lb.{self.name}.{cluster}"
+
+    async def _held(self, cluster: str) -> int | None:
+        """The desired weight we hold for `cluster`, if any."""
+        record = await self.store.get(self._desired_key(cluster))
+        weight = record.get("weight") if isinstance(record, dict) else None
+        return weight if isinstance(weight, int) else None
+
+    async def read(self) -> WeightsView:
+        """Every instance's weights and one resolved value per cluster; raises only when no instance
+        answers.
+
+        Where the instances that answered agree, that value. Where they disagree: the desired weight we
+        hold, if one of them has it (the others reverted: drift the reconciler puts right); else the
+        highest, "serving somewhere", which is the conservative view both for `min_healthy_clusters`
+        and for the watchdog's "a failed cluster still has weight".
+        """
+        by_instance = await self.balancer.get_instance_weights()
+        instances = {a: w for a, w in by_instance.items() if not isinstance(w, OrchestratorError)}
+        unreadable = {a: e for a, e in by_instance.items() if isinstance(e, OrchestratorError)}
+        if not instances:
+            raise combined_error(list(unreadable.values()))
+        current: dict[str, int] = {}
+        for cluster in dict.fromkeys(c for weights in instances.values() for c in weights):
+            values = {w[cluster] for w in instances.values() if cluster in w}
+            held = await self._held(cluster) if len(values) > 1 else None
+            current[cluster] = held if held is not None and held in values else max(values)
+        return WeightsView(instances, unreadable, current)
+
     async def set_weights(
         self,
         weights: Mapping[str, int],
@@ -123,9 +180,12 @@ class BalancerActuator:
         The guard sees the whole resulting vector. Before a cluster's weight first goes down from a
         serving value, that value is recorded (kv.create) so a restore can put it back. With `expect`,
         a cluster whose current weight is not the expected one is left alone and reported as drift.
+        A weight is written to every instance unless every instance answered with it already, so a
+        step retried while one instance is down keeps failing instead of passing on the others' word.
         """
         async with self.lock:
-            current = await self.balancer.get_weights()
+            view = await self.read()
+            current = view.current
             unknown = sorted(set(weights) - set(current))
             if unknown:
                 raise GuardRefused("members", f"balancer {self.name} has no member for {', '.join(unknown)}")
@@ -142,7 +202,7 @@ class BalancerActuator:
                         drift=f"expected {expect[cluster]}, found {before}; left as it is",
                         member=self.member(cluster),
                     )
-                elif before == weight:
+                elif view.settled(cluster, weight):
                     changes[cluster] = WeightChange(
                         self.name, cluster, before, weight, member=self.member(cluster)
                     )
@@ -151,14 +211,14 @@ class BalancerActuator:
             if apply:
                 self._check_min_healthy(current, apply, min_healthy, force)
                 self.fence()
+                replaced = await self._record_intent(current, apply)
+                try:
+                    # the NATS writes above took time: the driver fences again right before each write
+                    await self.balancer.set_weights(apply, fence=self.fence)
+                except PermanentError:
+                    await self._withdraw_intent(replaced)
+                    raise
                 for cluster, weight in apply.items():
-                    if weight < current[cluster]:
-                        await self.store.record_original_lb(self.name, cluster, current[cluster])
-                # the NATS write above took time: the driver fences again right before each write
-                await self.balancer.set_weights(apply, fence=self.fence)
-                for cluster, weight in apply.items():
-                    # what we set is held (re-asserted after a reload or a GitOps revert) while in force
-                    await self.store.put(f"desired.lb.{self.name}.{cluster}", {"weight": weight})
                     changes[cluster] = WeightChange(
                         self.name, cluster, current[cluster], weight, member=self.member(cluster)
                     )
@@ -170,6 +230,51 @@ class BalancerActuator:
                         after=weight,
                     )
             return [changes[c] for c in weights]
+
+    async def _record_intent(self, current: Mapping[str, int], apply: Mapping[str, int]) -> dict[str, Any]:
+        """Record the originals, and the weights we now hold, before the balancer is touched.
+
+        A write that fails half-way (one instance done, another timed out) then leaves the intent on
+        record, and the reconciler completes it on the instance that missed it. Returns the desired
+        records replaced, for `_withdraw_intent`.
+        """
+        replaced: dict[str, Any] = {}
+        for cluster, weight in apply.items():
+            if weight < current[cluster]:
+                await self.store.record_original_lb(self.name, cluster, current[cluster])
+            key = self._desired_key(cluster)
+            replaced[key] = await self.store.get(key)
+            # what we set is held (re-asserted after a reload or a GitOps revert) while in force
+            await self.store.put(key, {"weight": weight})
+        return replaced
+
+    async def _withdraw_intent(self, replaced: Mapping[str, Any]) -> None:
+        """Put back the desired records a refused write replaced: a weight the balancer refuses (a
+        static algorithm, a missing server) is not one to re-assert every pass."""
+        for key, previous in replaced.items():
+            if previous is None:
+                await self.store.delete(key)
+            else:
+                await self.store.put(key, previous)
+
+    async def reassert(self, cluster: str, weight: int, min_healthy: int = 1) -> list[str]:
+        """Put a held weight back on the instances that lost it, and only on them; returns them.
+
+        Read again under the lock (a run may have changed the weight since the reconciler looked), and
+        guarded like any change. An instance that cannot be read is left for a later pass.
+        """
+        async with self.lock:
+            view = await self.read()
+            off = sorted(view.off(cluster, weight))
+            if not off:
+                return []
+            self._check_min_healthy(view.current, {cluster: weight}, min_healthy, force=False)
+            self.fence()
+            await self.balancer.set_instance_weights({cluster: weight}, off, fence=self.fence)
+            log.info(
+                "lb.weight_reasserted", balancer=self.name, cluster=cluster, weight=weight, instances=off
+            )
+            return off
 
     async def set_weight(
         self, cluster: str, weight: int, expect: int | None = None, min_healthy: int = 1, force: bool = False
@@ -190,7 +295,9 @@ class BalancerActuator:
     async def finish_restore(self, cluster: str) -> None:
         """Forget the recorded original, and stop holding a desired weight, once the restore is verified."""
         await self.store.forget_original_lb(self.name, cluster)
-        await self.store.delete(f"desired.lb.{self.name}.{cluster}")
+        await self.store.delete(self._desired_key(cluster))
 
     async def get_weights(self) -> dict[str, int]:
-        return await self.balancer.get_weights()
+        """One weight per cluster, resolved across instances as `read` says; raises only when no
+        instance answers."""
+        return (await self.read()).current

@@ -75,20 +75,26 @@ class Reconciler:
             if actuator is None:
                 continue
             try:
-                current = await actuator.get_weights()
+                view = await actuator.read()
             except OrchestratorError as e:
                 log.warning("reconcile.read_failed", balancer=name, error=str(e))
                 continue
+            # an instance that cannot be read is said so, and the others are reconciled all the same
+            unreadable = {address: str(error) for address, error in view.unreadable.items()}
+            for address, error in unreadable.items():
+                log.warning("reconcile.read_failed", balancer=name, instance=address, error=error)
             for cluster, weight in wanted.items():
-                found = current.get(cluster)
-                if found is None or found == weight:
+                off = view.off(cluster, weight)  # compared per instance: a reload reverts one only
+                if not off:
                     continue
                 drift = {
                     "kind": "lb",
                     "balancer": name,
                     "cluster": cluster,
                     "expected": weight,
-                    "found": found,
+                    "found": max(off.values()),
+                    "instances": off,
+                    **({"unreadable": unreadable} if unreadable else {}),
                 }
                 drifts.append(await self._reassert(drift, self._reweigh(actuator, cluster, weight)))
         if self.scale is not None:
@@ -117,8 +123,11 @@ class Reconciler:
 
     @staticmethod
     def _reweigh(actuator: BalancerActuator, cluster: str, weight: int) -> Callable[[], Awaitable[Any]]:
+        """Write the held weight to the instances that differ (read again under the balancer's lock),
+        not to every instance: the ones that kept it are sent nothing."""
+
         async def apply() -> Any:
-            return await actuator.set_weight(cluster, weight)
+            return await actuator.reassert(cluster, weight)
 
         return apply
 

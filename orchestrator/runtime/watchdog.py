@@ -112,22 +112,27 @@ class DrainWatchdog:
                 log.warning("drain_watchdog.check_failed", error=str(e))
 
     async def read_all(self) -> dict[str, dict[str, int]]:
-        """Every balancer's weights, concurrently, each bounded; an unreadable one is left out."""
+        """Every balancer's weights, concurrently, each bounded; an unreadable one is left out. A
+        balancer with one instance that cannot be read (of two HAProxy instances, say) still gives the
+        weights of the others, but counts as not readable: `/readyz` and the metric show it."""
 
-        async def read(name: str, actuator: BalancerActuator) -> dict[str, int] | None:
+        async def read(name: str, actuator: BalancerActuator) -> tuple[dict[str, int] | None, bool]:
             try:
                 async with asyncio.timeout(self.read_timeout_s):
-                    return await actuator.get_weights()
+                    view = await actuator.read()
             except (OrchestratorError, TimeoutError) as e:
                 log.warning("balancer.unreadable", balancer=name, error=str(e) or "timeout")
-                return None
+                return None, False
+            for instance, error in view.unreadable.items():
+                log.warning("balancer.unreadable", balancer=name, instance=instance, error=str(error))
+            return view.current, not view.unreadable
 
         names = list(self.balancers)
         results = await asyncio.gather(*(read(n, self.balancers[n]) for n in names))
         out: dict[str, dict[str, int]] = {}
-        for name, weights in zip(names, results, strict=True):
-            self.readable[name] = weights is not None
-            self.metrics.balancer_readable.labels(balancer=name).set(1 if weights is not None else 0)
+        for name, (weights, whole) in zip(names, results, strict=True):
+            self.readable[name] = whole
+            self.metrics.balancer_readable.labels(balancer=name).set(1 if whole else 0)
             if weights is not None:
                 out[name] = weights
         return out
