@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python bench/haproxy_failover.py
 	$(BIN)/python bench/detector.py
 	$(BIN)/python bench/nats_outage.py
+	$(BIN)/python bench/election.py
 
 clean:
 	rm -rf $(VENV) .failover .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

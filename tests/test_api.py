@@ -131,7 +131,7 @@ async def test_every_route_with_roles_refusals_and_audit(
                 ("ap-south", "healthy", 100, {"global": 100}),
             ]
             status, body, _ = await api.call("GET", "/api/v1/runs?limit=5", VIEWER)
-            assert (status, body) == (200, {"runs": []})
+            assert (status, body) == (200, {"runs": [], "next": None})
             for bad in ("0", "-1", "abc", "1001"):
                 status, body, _ = await api.call("GET", f"/api/v1/runs?limit={bad}", VIEWER)
                 assert status == 400 and body["ok"] is False

@@ -94,7 +94,7 @@ async def test_ctl_reads_pause_and_resume(
             r = await ctl(api, "--json", "clusters", token=VIEWER)
             assert [c["weights"] for c in json.loads(r.out)["clusters"]] == [{"global": 100}] * 3
             r = await ctl(api, "runs", "--json", "--limit", "5", token=VIEWER)
-            assert json.loads(r.out) == {"runs": []}
+            assert json.loads(r.out) == {"runs": [], "next": None}
 
             # refused: exit 1 and the daemon's reason; usage errors: exit 2
             r = await ctl(api, "pause", "us-east", token=VIEWER)

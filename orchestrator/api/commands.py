@@ -27,6 +27,7 @@ from orchestrator.core.durations import parse_duration
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.models import AuditRecord, rfc3339
 from orchestrator.playbooks.approvals import ROLES, ApprovalBook
+from orchestrator.playbooks.journal import PAGE_DEFAULT, PAGE_MAX, UnknownRun
 from orchestrator.playbooks.runner import Runner
 
 log = structlog.get_logger(__name__)
@@ -208,17 +209,24 @@ class Commands:
         return self.runner.clusters()  # the view playbook templates see: name, state, labels, weight
 
     async def _runs(self, caller: Caller, args: dict[str, Any]) -> Any:
-        recent = await self.runner.journal.recent(int(args.get("limit", 20)))  # type: ignore[attr-defined]
-        return [
-            {k: r.get(k) for k in ("id", "playbook", "status", "key", "created_at", "finished_at", "error")}
-            for r in recent
-        ]
+        """One page of runs, newest first, as `GET /api/v1/runs`: `next` is the `before` of the next."""
+        limit, before = args.get("limit", PAGE_DEFAULT), args.get("before")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= PAGE_MAX:
+            raise CommandError(f"limit must be an integer from 1 to {PAGE_MAX}", 400)
+        if before is not None and not (isinstance(before, str) and RUN_ID.match(before)):
+            raise CommandError(f"before: not a run id: {str(before)[:40]!r}", 400)
+        try:
+            page = await self.runner.journal.page(limit, before)
+        except UnknownRun as e:
+            raise CommandError(str(e), 400) from e
+        keys = ("id", "playbook", "status", "key", "created_at", "finished_at", "error")
+        return {"runs": [{k: r.get(k) for k in keys} for r in page.runs], "next": page.next}
 
     async def _run(self, caller: Caller, args: dict[str, Any]) -> Any:
         run_id = str(args.get("id", ""))
         if not RUN_ID.match(run_id):  # it becomes a KV key: no wildcards, no dots
             raise CommandError(f"not a run id: {run_id[:40]!r}", 400)
-        record = await self.runner.journal.load(run_id)
+        record = await self.runner.journal.read(run_id)
         if record is None:
             raise CommandError(f"no run {args.get('id')!r}", 404)
         return record

@@ -22,13 +22,14 @@ from orchestrator.api.auth import Refused, bearer_token
 from orchestrator.api.bodies import check_command, dumps, json_error, opt_str, redact, run_summary
 from orchestrator.api.commands import Caller, CommandError, Commands
 from orchestrator.api.context import ApiContext
-from orchestrator.api.routes import RUN_ID_PATTERN, RUNS_LIMIT_MAX, openapi_document
+from orchestrator.api.routes import RUN_ID_PATTERN, openapi_document
 from orchestrator.api.sse import EventStream
 from orchestrator.bus.client import Bus
 from orchestrator.bus.state import PAUSE_ALL, PAUSE_CLUSTER_PREFIX, pause_in_force
 from orchestrator.core import subjects
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.models import AuditRecord, rfc3339
+from orchestrator.playbooks.journal import PAGE_DEFAULT, PAGE_MAX, UnknownRun
 
 log = structlog.get_logger(__name__)
 
@@ -109,10 +110,12 @@ class Handlers:
         unreadable = sorted(lb.name for lb in self.ctx.config.load_balancers if lb.name not in current)
         return {"clusters": clusters, "unreadable_balancers": unreadable}
 
-    async def runs_view(self, limit: int) -> dict[str, Any]:
+    async def runs_view(self, limit: int, before: str | None = None) -> dict[str, Any]:
+        """One page of runs, newest first; `next` is the `before` of the following page (None: the last)."""
         if self.ctx.journal is None:
             raise Refused(503, "the run journal is not available")
-        return {"runs": [run_summary(r) for r in await self.ctx.journal.recent(limit)]}
+        page = await self.ctx.journal.page(limit, before)
+        return {"runs": [run_summary(r) for r in page.runs], "next": page.next}
 
     # /api/v1 --------------------------------------------------------------------------------------
 
@@ -123,10 +126,16 @@ class Handlers:
         return web.json_response(await self.clusters_view(), dumps=dumps)
 
     async def runs(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
-        raw = request.query.get("limit", "20")
-        if not raw.isdigit() or not 1 <= int(raw) <= RUNS_LIMIT_MAX:
-            return json_error(400, f"limit must be an integer from 1 to {RUNS_LIMIT_MAX}")
-        return web.json_response(await self.runs_view(int(raw)), dumps=dumps)
+        raw = request.query.get("limit", str(PAGE_DEFAULT))
+        if not raw.isdigit() or not 1 <= int(raw) <= PAGE_MAX:
+            return json_error(400, f"limit must be an integer from 1 to {PAGE_MAX}")
+        before = request.query.get("before")
+        if before is not None and not _RUN_ID.match(before):
+            return json_error(400, f"before: a run id matches {RUN_ID_PATTERN}")
+        try:
+            return web.json_response(await self.runs_view(int(raw), before), dumps=dumps)
+        except UnknownRun as e:
+            return json_error(400, str(e))
 
     async def run(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
         run_id = request.match_info["id"]
@@ -134,7 +143,7 @@ class Handlers:
             return json_error(400, f"a run id matches {RUN_ID_PATTERN}")
         if self.ctx.journal is None:
             return json_error(503, "the run journal is not available")
-        record = await self.ctx.journal.load(run_id)
+        record = await self.ctx.journal.read(run_id)
         if record is None:
             return json_error(404, f"no run {run_id}")
         return web.json_response(redact(record), dumps=dumps)

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from orchestrator import __version__
 from orchestrator.api.commands import REQUIRED_ROLE
+from orchestrator.playbooks.journal import PAGE_DEFAULT, PAGE_MAX
 
-RUNS_LIMIT_MAX = 1000
+RUNS_LIMIT_MAX = PAGE_MAX
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -62,7 +63,10 @@ _UNAVAILABLE = {503: Reply("A dependency (NATS, the journal) is not available ri
 COMMAND_ARGS: dict[str, dict[str, tuple[dict[str, Any], bool]]] = {
     "status": {},
     "clusters": {},
-    "runs": {"limit": ({"type": "integer", "minimum": 1, "maximum": RUNS_LIMIT_MAX}, False)},
+    "runs": {
+        "limit": ({"type": "integer", "minimum": 1, "maximum": RUNS_LIMIT_MAX}, False),
+        "before": ({"type": "string", "pattern": RUN_ID_PATTERN}, False),
+    },
     "run": {"id": ({"type": "string", "pattern": RUN_ID_PATTERN}, True)},
     "failover": {
         "cluster": ({"type": "string", "minLength": 1}, True),
@@ -179,8 +183,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "Runs": {
         "type": "object",
-        "properties": {"runs": {"type": "array", "items": _ref("RunSummary")}},
-        "required": ["runs"],
+        "properties": {
+            "runs": {"type": "array", "items": _ref("RunSummary")},
+            "next": {
+                "type": ["string", "null"],
+                "description": "the `before` of the next (older) page; null on the last page",
+            },
+        },
+        "required": ["runs", "next"],
     },
     "Run": {
         "type": "object",
@@ -265,7 +275,19 @@ ROUTES: tuple[Route, ...] = (
                 "in": "query",
                 "required": False,
                 "description": "how many runs (newest first)",
-                "schema": {"type": "integer", "minimum": 1, "maximum": RUNS_LIMIT_MAX, "default": 20},
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": RUNS_LIMIT_MAX,
+                    "default": PAGE_DEFAULT,
+                },
+            },
+            {
+                "name": "before",
+                "in": "query",
+                "required": False,
+                "description": "a run id (the previous page's `next`): only runs that started before it",
+                "schema": {"type": "string", "pattern": RUN_ID_PATTERN},
             },
         ),
     ),

@@ -39,6 +39,11 @@ log = structlog.get_logger(__name__)
 
 HEALTH_MAX_AGE_S = 15 * 60
 EVENTS_MAX_AGE_S = 90 * 24 * 3600
+EVENTS_MAX_BYTES = 2 * 1024**3
+"""Events, run events and audit: the oldest go first past this, even inside their 90 days."""
+RUNS_MAX_BYTES = 1024**3
+"""The run journal: runs retention (`runs.retention`) keeps it well under this. KV buckets refuse writes
+when full rather than drop a record, so this is a backstop, never a way to forget an unfinished run."""
 LEADER_TTL_S = 10.0
 
 
@@ -152,6 +157,7 @@ class Bus:
                 name=subjects.STREAM_EVENTS,
                 subjects=[subjects.EVENTS_ALL, subjects.RUNS_ALL, subjects.AUDIT],
                 max_age=EVENTS_MAX_AGE_S,
+                max_bytes=EVENTS_MAX_BYTES,
                 storage=api.StorageType.FILE,
                 discard=api.DiscardPolicy.OLD,
                 num_replicas=replicas,
@@ -167,8 +173,10 @@ class Bus:
                 ),
                 keep_ttl=leader_ttl_s is None,
             ),
-            runs=await self._ensure_kv(
-                api.KeyValueConfig(bucket=subjects.KV_RUNS, history=5, replicas=replicas)
+            runs=await self._ensure_kv(  # compare-and-set needs only the latest revision of a run
+                api.KeyValueConfig(
+                    bucket=subjects.KV_RUNS, history=1, max_bytes=RUNS_MAX_BYTES, replicas=replicas
+                )
             ),
             state=await self._ensure_kv(
                 api.KeyValueConfig(bucket=subjects.KV_STATE, history=5, replicas=replicas)
@@ -194,8 +202,8 @@ class Bus:
             raise TemporaryError(f"JetStream not available creating {config.name}: {e}") from e
 
     async def _ensure_kv(self, config: api.KeyValueConfig, keep_ttl: bool = False) -> KeyValue:
-        """Create the bucket, or bring an existing one to `config`'s TTL (unless `keep_ttl`) and at
-        least its replicas."""
+        """Create the bucket, or bring an existing one to `config`'s TTL (unless `keep_ttl`), history and
+        byte limit, and at least its replicas."""
         try:
             with _clustered(f"KV {config.bucket}"):
                 return await self.js.create_key_value(config)
@@ -212,6 +220,7 @@ class Bus:
                         info.config.duplicate_window = wanted  # NATS refuses a window longer than max age
                     changed = True
                     log.info("kv.ttl_updated", bucket=config.bucket, ttl_s=wanted)
+                changed = _limits(config, info) or changed
                 if (info.config.num_replicas or 1) < config.replicas:  # scale up, never down
                     log.info(
                         "kv.replicas_updated",
@@ -314,6 +323,32 @@ class Bus:
             await self.nc.drain()
         if self.embedded:
             await self.embedded.stop()
+
+
+def _limits(config: api.KeyValueConfig, info: api.StreamInfo) -> bool:
+    """Bring an existing bucket's history and byte limit to `config` (a bucket created by an older
+    version: history 5, no byte limit). Fewer revisions only drop superseded ones. A byte limit below
+    what the bucket holds now would make NATS drop its oldest messages, which may be a run still
+    unfinished: it is applied at a later start, once retention has brought the bucket under it."""
+    changed = False
+    history = config.history or 1
+    if (info.config.max_msgs_per_subject or 0) != history:
+        log.info(
+            "kv.history_updated", bucket=config.bucket, history=history, was=info.config.max_msgs_per_subject
+        )
+        info.config.max_msgs_per_subject = history
+        changed = True
+    wanted = config.max_bytes or -1
+    if wanted > 0 and (info.config.max_bytes or -1) != wanted:
+        if (info.state.bytes or 0) > wanted:
+            log.warning(
+                "kv.max_bytes_deferred", bucket=config.bucket, max_bytes=wanted, holds=info.state.bytes
+            )
+        else:
+            log.info("kv.max_bytes_updated", bucket=config.bucket, max_bytes=wanted)
+            info.config.max_bytes = wanted
+            changed = True
+    return changed
 
 
 async def connect_nats(

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 DEFAULT_API = "http://127.0.0.1:8080"
 TIMEOUT_S = 30.0
+RUNS_PAGE_MAX = 500
+"""The daemon's page limit (`playbooks.journal.PAGE_MAX`), checked here so that a bad --limit is a usage
+error (exit 2); not imported, so that `failover ctl` starts without loading the NATS client."""
 
 app = typer.Typer(
     add_completion=False,
@@ -161,6 +164,8 @@ def show_runs(view: dict[str, Any]) -> None:
             _steps(r),
         )
     console.print(table)
+    if view.get("next"):
+        console.print(f"older runs: failover ctl runs --before {view['next']}")
 
 
 def show_run(record: dict[str, Any]) -> None:
@@ -249,11 +254,18 @@ def clusters(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 @app.command()
 def runs(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many, newest first.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=RUNS_PAGE_MAX, help="How many, newest first.")
+    ] = 20,
+    before: Annotated[
+        str | None,
+        typer.Option("--before", metavar="ID", show_default=False, help="Runs older than run ID (paging)."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Recent runs, newest first, with each step's status."""
-    _run(ctx, json_out, lambda t: request(t, "GET", f"/api/v1/runs?limit={limit}"), show_runs)
+    """Recent runs, newest first, with each step's status; `--before` the last one shown for older ones."""
+    query = f"limit={limit}" + (f"&before={quote(before, safe='')}" if before else "")
+    _run(ctx, json_out, lambda t: request(t, "GET", f"/api/v1/runs?{query}"), show_runs)
 
 
 @app.command("run")

@@ -23,6 +23,7 @@ from orchestrator.core.config_daemon import (
     NatsConfig,
     PlaybooksConfig,
     ReconcileConfig,
+    RunsConfig,
 )
 from orchestrator.core.config_drivers import LoadBalancerConfig, NotifierConfig
 from orchestrator.core.config_fields import Model
@@ -43,6 +44,7 @@ class Config(Model):
     reconcile: ReconcileConfig = ReconcileConfig()
     leadership: LeadershipConfig = LeadershipConfig()
     chatops: ChatopsConfig = ChatopsConfig()
+    runs: RunsConfig = RunsConfig()
 
     base_dir: str = Field(default=".", exclude=True)
     """Directory of the config file: relative paths in it (state_dir, playbooks) resolve from here."""

@@ -1,4 +1,4 @@
-"""The daemon's own sections: `nats`, `api`, `reconcile`, `leadership`, `playbooks` and `chatops`.
+"""The daemon's own sections: `nats`, `api`, `reconcile`, `leadership`, `playbooks`, `chatops` and `runs`.
 
 Split from `config` so the settings of the orchestrator itself (how it connects, listens, elects a
 leader and finds its playbooks) sit apart from the fleet it manages.
@@ -100,3 +100,19 @@ class SlackChatops(Model):
 
 class ChatopsConfig(Model):
     slack: SlackChatops | None = None
+
+
+class RunsRetentionConfig(Model):
+    """How long the run journal (KV `failover-runs`) keeps finished runs; unfinished runs are always kept."""
+
+    max_age_s: Seconds = Field(default=7 * 86400.0, alias="max_age", gt=0)
+    """A finished run older than this (by its start) is deleted."""
+    max_runs: int = Field(default=5000, ge=1, le=100_000)
+    """Only the newest this many runs are kept (unfinished ones count, and are never deleted). At most
+    100,000: up to that, listing the journal's index is one JetStream answer; beyond, a slow watch."""
+    interval_s: Seconds = Field(default=600.0, alias="interval", gt=0)
+    """How often the leader applies the two limits."""
+
+
+class RunsConfig(Model):
+    retention: RunsRetentionConfig = RunsRetentionConfig()

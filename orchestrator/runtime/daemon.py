@@ -41,6 +41,7 @@ from orchestrator.playbooks.runner import Runner
 from orchestrator.probes.prober import Prober
 from orchestrator.runtime.reconcile import Reconciler
 from orchestrator.runtime.reload import PlaybookWatcher
+from orchestrator.runtime.retention import RunRetention
 from orchestrator.runtime.watchdog import DrainWatchdog, catch_up_event
 
 log = structlog.get_logger(__name__)
@@ -167,7 +168,7 @@ class Daemon:
                 scale=scale,
                 fence=leadership.fence,
             )
-            self.journal = BusJournal(bus)
+            self.journal = journal = BusJournal(bus)
             self.runner = runner = Runner(
                 services, self.journal, playbooks, cluster_view, store, on_run_event=self._count_run_event
             )
@@ -308,6 +309,8 @@ class Daemon:
             self.watcher = watcher = PlaybookWatcher(config, runner, self._system_event)
             supervisor.spawn("playbook-watcher", lambda: watcher.run(stop))
             supervisor.spawn("reconciler", lambda: reconciler.run(stop, active=lambda: leadership.is_leader))
+            retention = RunRetention(journal, config.runs.retention)
+            supervisor.spawn("run-retention", lambda: retention.run(stop, lambda: leadership.is_leader))
             interval_s = config.reconcile.interval_s
             supervisor.spawn(
                 "run-adopter", lambda: runner.adopt_orphans(stop, interval_s, lambda: leadership.is_leader)
