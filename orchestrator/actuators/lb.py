@@ -133,6 +133,22 @@ class BalancerActuator:
             return
         raise GuardRefused("min_healthy_clusters", message)
 
+    def _check_not_raising_failed(
+        self, current: Mapping[str, int], after: Mapping[str, int], force: bool
+    ) -> None:
+        """No change raises the weight of a cluster the detector says is failed (DESIGN §12): whatever
+        decided it (a failback whose cluster failed after its health gate, a command, a held weight),
+        the state at the moment of the write wins. Admin `--force` overrides, audited."""
+        states = self.states()
+        raised = sorted(c for c, w in after.items() if w > current.get(c, 0) and states.get(c) == "failed")
+        if not raised:
+            return
+        message = f"balancer {self.name}: not raising the weight of failed cluster(s) {', '.join(raised)}"
+        if force:
+            log.warning("guard.overridden", rule="no_raise_while_failed", balancer=self.name, message=message)
+            return
+        raise GuardRefused("no_raise_while_failed", message)
+
     async def drain(self, cluster: str, min_healthy: int = 1, force: bool = False) -> WeightChange:
         """Weight 0 for `cluster`; records the original first (kv.create: never overwritten by a 0)."""
         [change] = await self.set_weights({cluster: 0}, min_healthy=min_healthy, force=force)
@@ -210,12 +226,15 @@ class BalancerActuator:
                     apply[cluster] = weight
             if apply:
                 self._check_min_healthy(current, apply, min_healthy, force)
+                self._check_not_raising_failed(current, apply, force)
                 self.fence()
                 replaced = await self._record_intent(current, apply)
                 try:
-                    # the NATS writes above took time: the driver fences again right before each write
+                    # the NATS writes above took time: the cluster may have failed meanwhile, and the
+                    # driver fences again right before each write
+                    self._check_not_raising_failed(current, apply, force)
                     await self.balancer.set_weights(apply, fence=self.fence)
-                except PermanentError:
+                except PermanentError:  # GuardRefused included: nothing was sent
                     await self._withdraw_intent(replaced)
                     raise
                 for cluster, weight in apply.items():
@@ -269,6 +288,8 @@ class BalancerActuator:
             if not off:
                 return []
             self._check_min_healthy(view.current, {cluster: weight}, min_healthy, force=False)
+            lowest = min(view.instances[address][cluster] for address in off)
+            self._check_not_raising_failed({cluster: lowest}, {cluster: weight}, force=False)
             self.fence()
             await self.balancer.set_instance_weights({cluster: weight}, off, fence=self.fence)
             log.info(

@@ -43,6 +43,15 @@ class Run:
     task: asyncio.Task[None] | None = None
 
 
+@dataclass(frozen=True)
+class Note:
+    """A scheduling decision to publish as a run event once every slot change is made."""
+
+    run: Run
+    kind: RunEventType
+    detail: dict[str, Any]
+
+
 class RunScheduler(abc.ABC):
     """The concurrency-key slots and the rules that fill them; subclasses drive runs and emit events."""
 
@@ -72,80 +81,99 @@ class RunScheduler(abc.ABC):
     async def submit(
         self, loaded: LoadedPlaybook, event: dict[str, Any], force: bool = False, actor: str | None = None
     ) -> str | None:
-        """Schedule one run; returns its id, or None when it was deduplicated."""
+        """Schedule one run; returns its id, or None when it was deduplicated.
+
+        Every decision on the slots and queues is made before the first await (the events that say so
+        are emitted afterwards): a run that ends while an event is being published frees its slot and
+        starts the next queued run, and nothing decided on the state read before may act on it after.
+        """
         key = self._concurrency_key(loaded.playbook, event)
         run = Run(new_id(), loaded.playbook.name, event, key, loaded, force=force, actor=actor)
         active = self.active.get(key)
         if active is None:
             self._start(run)
             return run.id
+        notes: list[Note] = []
         if event.get("type") == PROTECTIVE:
-            await self._cancel_queued(key, event)
+            notes += self._take_queued(key, event)
         if active.playbook == run.playbook and active.event.get("type") == event.get("type"):
-            await self._emit(
-                active.id,
-                active.playbook,
-                "deduplicated",
-                detail={
-                    "rule": "concurrency",
-                    "key": key,
-                    "event": event.get("type"),
-                    "event_id": event.get("id"),
-                    "reason": f"a {event.get('type')} run of {run.playbook} is already active for {key}",
-                },
+            notes.append(
+                Note(
+                    active,
+                    "deduplicated",
+                    {
+                        "rule": "concurrency",
+                        "key": key,
+                        "event": event.get("type"),
+                        "event_id": event.get("id"),
+                        "reason": f"a {event.get('type')} run of {run.playbook} is already active for {key}",
+                    },
+                )
             )
+            await self._publish(notes)
             return None
         queue = self.pending.setdefault(key, [])
         for queued in [q for q in queue if q.playbook == run.playbook]:
             queue.remove(queued)  # latest wins
             self.runs.pop(queued.id, None)
-            await self._emit(
-                queued.id,
-                queued.playbook,
-                "deduplicated",
-                detail={
-                    "rule": "latest_wins",
-                    "key": key,
-                    "reason": f"superseded by a newer {event.get('type')} event",
-                },
+            notes.append(
+                Note(
+                    queued,
+                    "deduplicated",
+                    {
+                        "rule": "latest_wins",
+                        "key": key,
+                        "reason": f"superseded by a newer {event.get('type')} event",
+                    },
+                )
             )
         if event.get("type") == PROTECTIVE and active.event.get("type") != PROTECTIVE:
             queue.insert(0, run)
             active.preempt.set()
-            await self._emit(
-                active.id,
-                active.playbook,
-                "preempted",
-                detail={
-                    "rule": "preemption",
-                    "key": key,
-                    "by_event": PROTECTIVE,
-                    "reason": f"{event.get('cluster')} failed again: stopping at the next journalled point",
-                },
+            notes.append(
+                Note(
+                    active,
+                    "preempted",
+                    {
+                        "rule": "preemption",
+                        "key": key,
+                        "by_event": PROTECTIVE,
+                        "reason": f"{event.get('cluster')} failed again: "
+                        "stopping at the next journalled point",
+                    },
+                )
             )
         else:
             queue.append(run)
         self.runs[run.id] = run
+        await self._publish(notes)
         return run.id
 
-    async def _cancel_queued(self, key: str, event: Mapping[str, Any]) -> None:
+    def _take_queued(self, key: str, event: Mapping[str, Any]) -> list[Note]:
         """The cluster failed: a queued failback, notification or manual run must not start after the
-        drain and act on a cluster that failed again."""
+        drain and act on a cluster that failed again. Synchronous: see `submit`."""
         queue = self.pending.get(key, [])
+        notes = []
         for queued in [q for q in queue if q.event.get("type") != PROTECTIVE]:
             queue.remove(queued)
             self.runs.pop(queued.id, None)
-            await self._emit(
-                queued.id,
-                queued.playbook,
-                "deduplicated",
-                detail={
-                    "rule": "protective_first",
-                    "key": key,
-                    "reason": f"{event.get('cluster')} failed: this queued "
-                    f"{queued.event.get('type')} run is cancelled",
-                },
+            notes.append(
+                Note(
+                    queued,
+                    "deduplicated",
+                    {
+                        "rule": "protective_first",
+                        "key": key,
+                        "reason": f"{event.get('cluster')} failed: this queued "
+                        f"{queued.event.get('type')} run is cancelled",
+                    },
+                )
             )
+        return notes
+
+    async def _publish(self, notes: list[Note]) -> None:
+        for note in notes:
+            await self._emit(note.run.id, note.run.playbook, note.kind, detail=note.detail)
 
     def _concurrency_key(self, playbook: Playbook, event: Mapping[str, Any]) -> str:
         if playbook.concurrency:

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from orchestrator.core.config_fields import Seconds
 from orchestrator.core.errors import PermanentError
-from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
+from orchestrator.playbooks.actions.base import Action, Params, Preempted, StepContext, register
 
 
 class DrainParams(Params):
@@ -125,6 +125,8 @@ class LbRestore(Action):
                     expect = steps[i]
             ctx.journal["pending"] = steps[i]
             await ctx.save()
+            if ctx.preempt.is_set():  # the cluster failed during that write: the drain goes first
+                raise Preempted(f"preempted before the ramp step to {steps[i]}")
             change = await actuator.set_weight(
                 params.cluster, steps[i], expect=expect, min_healthy=ctx.min_healthy_clusters, force=ctx.force
             )
