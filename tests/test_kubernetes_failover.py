@@ -228,3 +228,39 @@ async def test_capacity_follows_failures_and_recoveries(nats_server: EmbeddedNat
 async def _all(daemon: Daemon, status: str) -> bool:
     assert daemon.detection is not None
     return set(daemon.detection.cluster_view().values()) == {status}
+
+
+async def test_a_failure_during_a_failbacks_readiness_wait_is_acted_on_at_once(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """Issue 11, finding 1: the failback waits up to 5 min for the recovered cluster's workload; a new
+    failure of that cluster preempts the wait instead of queueing the failover behind it."""
+    async with world(tmp_path, nats_server) as w:
+        kube, apps, daemon, hook = w["kube"], w["apps"], w["daemon"], w["hook"]
+        await wait_for(lambda: _all(daemon, "healthy"), 10, "all clusters healthy")
+        await apps["eu-west"].stop()
+        await wait_for(lambda: weights(kube)["eu-west"] == 0, 5, "eu-west drained")
+        kube["eu-west"].set_unavailable("shop", "web", 6)  # its workload will not become ready
+        await apps["eu-west"].start()
+
+        def failback_waiting() -> bool:
+            assert daemon.runner is not None
+            return any(
+                r.playbook == "k8s-cluster-failback"
+                and (r.record or {}).get("steps", {}).get("ready", {}).get("status") == "running"
+                for r in daemon.runner.active.values()
+            )
+
+        await wait_for(failback_waiting, 10, "the failback waiting for readiness")
+        [failback] = [r.id for r in daemon.runner.active.values()]  # type: ignore[union-attr]
+        pages = len([n for n in hook.received if n["summary"].startswith("eu-west failed")])
+        await apps["eu-west"].stop()
+
+        def paged_again() -> bool:
+            return len([n for n in hook.received if n["summary"].startswith("eu-west failed")]) > pages
+
+        await wait_for(paged_again, 8, "the failover of eu-west ran (not queued behind the wait)")
+        assert daemon.journal is not None
+        record = await daemon.journal.load(failback)
+        assert record is not None and record["status"] == "preempted", record
+        assert weights(kube)["eu-west"] == 0

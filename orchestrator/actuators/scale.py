@@ -1,7 +1,7 @@
 """Scaling workloads so survivors absorb a failed cluster's load, and scaling them back (DESIGN §6b).
 
 `absorb`: replicas = min(max_replicas, max(current, ceil(baseline x total_weight / surviving_weight)))
-where `baseline` is the replica count recorded before our first change (KV
+where `baseline` is the value recorded before our first change (KV
 `orig.scale.<cluster>.<ns>.<kind>.<name>`, written with kv.create so a second failure scales from 6,
 not from 9) and the weights are the clusters' nominal weights: all of them, and those still serving.
 Scaling back recomputes the same target for the clusters serving now (one of two failed clusters back:
@@ -9,7 +9,14 @@ Scaling back recomputes the same target for the clusters serving now (one of two
 again, and only where the current value is still the one we set (otherwise: drift, left alone).
 
 Under an HPA we never fight the autoscaler over spec.replicas: we raise `minReplicas` (and
-`maxReplicas` if needed) and restore both later.
+`maxReplicas` if needed) and restore both later. The baseline, `current` and the target are then all in
+the HPA's floor, the unit we change: the record's `hpa.min` (and `hpa.max`), never its `replicas`, which
+is spec.replicas as the load had set it (10 under a floor of 2: a second failure of three would ask for
+30 instead of 6).
+
+Every change to one workload (`scale_to`, `restore`, the reconciler's `reassert`) holds that workload's
+lock from reading its record to updating it, so a re-assertion decided on an older read can neither
+slip between a restore's write and its record update nor put back a value the restore just took away.
 
 Fencing (DESIGN §6b): the leader's fence is checked immediately before each Kubernetes write, on every
 attempt of the conflict retry (after the re-read, and after the NATS write of the baseline record), and
@@ -18,6 +25,7 @@ each write carries the resourceVersion just read.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -78,6 +86,22 @@ class ScaleChange:
         return f"{text} (drift: {self.drift})" if self.drift else text
 
 
+class Superseded(PermanentError):
+    """A re-assertion stood down: since the reconciler read the record, a run restored the baseline (the
+    record is gone) or set another value. The workload is the run's; putting the old value back would
+    undo its scale-down."""
+
+
+def recorded_baseline(record: Mapping[str, Any], current: Current) -> int:
+    """The baseline in the unit we change now: the HPA's recorded floor while an HPA owns the workload,
+    else the recorded spec.replicas. Records have carried `hpa.min`/`hpa.max` since HPAs were supported,
+    so every record, old or new, is read the same way."""
+    hpa = record.get("hpa")
+    if hpa and current.hpa is not None:
+        return int(hpa["min"] or 1)
+    return int(record["replicas"])
+
+
 class ScaleActuator:
     def __init__(
         self,
@@ -92,6 +116,14 @@ class ScaleActuator:
         self.store = store
         self.states = states
         self.fence = fence
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, w: Workload) -> asyncio.Lock:
+        """Held by every change to `w`, from reading its record to updating it (see the module doc)."""
+        found = self._locks.get(w.key)
+        if found is None:
+            found = self._locks[w.key] = asyncio.Lock()
+        return found
 
     async def cluster(self, name: str) -> KubeCluster:
         try:
@@ -138,6 +170,10 @@ class ScaleActuator:
 
     async def scale_to(self, w: Workload, target: int, current: Current) -> ScaleChange:
         """Absolute target; records the baseline first (kv.create, never overwritten), then the value set."""
+        async with self.lock(w):
+            return await self._scale_to(w, target, current)
+
+    async def _scale_to(self, w: Workload, target: int, current: Current) -> ScaleChange:
         baseline_record = {
             "replicas": current.replicas,
             "set": None,
@@ -158,8 +194,10 @@ class ScaleActuator:
         await self.store.put(w.key, record)
         return change
 
-    async def _apply(self, w: Workload, target: int, current: Current) -> ScaleChange:
-        return await self._conflict_retry(w, current, lambda now: self._write(w, target, now))
+    async def _apply(
+        self, w: Workload, target: int, current: Current, ceiling: int | None = None
+    ) -> ScaleChange:
+        return await self._conflict_retry(w, current, lambda now: self._write(w, target, now, ceiling))
 
     async def _conflict_retry(
         self,
@@ -178,17 +216,23 @@ class ScaleActuator:
                 current = await self.read(w)
         return await write(current)
 
-    async def _write(self, w: Workload, target: int, current: Current) -> ScaleChange:
+    async def _write(
+        self, w: Workload, target: int, current: Current, ceiling: int | None = None
+    ) -> ScaleChange:
+        """Under an HPA, `target` is the floor; the ceiling rises with it when it must, and with `ceiling`
+        (the recorded one, when scaling back) comes down as far as the floor allows."""
         kube = await self.cluster(w.cluster)
         if current.hpa is not None:
             spec = current.hpa["spec"]
             before = int(spec.get("minReplicas") or 1)
+            now_max = int(spec["maxReplicas"])
+            new_max = max(target, now_max if ceiling is None else min(now_max, ceiling))
             patch: dict[str, Any] = {
                 "metadata": {"resourceVersion": current.hpa["metadata"]["resourceVersion"]},
                 "spec": {"minReplicas": target},
             }
-            if int(spec["maxReplicas"]) < target:
-                patch["spec"]["maxReplicas"] = target
+            if new_max != now_max:
+                patch["spec"]["maxReplicas"] = new_max
             if before != target or "maxReplicas" in patch["spec"]:
                 self.fence()  # right before the write, on every attempt
                 await kube.patch_hpa(w.namespace, current.hpa["metadata"]["name"], patch)
@@ -202,8 +246,22 @@ class ScaleActuator:
         return ScaleChange(str(w), current.replicas, target, "replicas")
 
     async def reassert(self, w: Workload, target: int, current: Current) -> ScaleChange:
-        """Put back a value we set that something reverted (the reconciler's use)."""
-        return await self._apply(w, target, current)
+        """Put back a value we set that something reverted (the reconciler's use): `target` is the `set`
+        the reconcile pass read. The record is read again under the workload's lock, and a record gone or
+        holding another value raises Superseded instead of writing: a pass that read it before a run's
+        scale-down would otherwise undo it, and once the record is gone nothing would ever restore it."""
+        async with self.lock(w):
+            record = await self.record(w)
+            if record is None:
+                raise Superseded(
+                    f"{w}: the scale-out ended after this pass read it (baseline restored, record deleted)"
+                )
+            held = record.get("set")
+            if held is None or int(held) != target:
+                raise Superseded(
+                    f"{w}: the record now holds {held}, set by a run after this pass read {target}"
+                )
+            return await self._apply(w, target, current)
 
     async def plan_restore(self, w: Workload, max_replicas: int | None = None) -> dict[str, Any]:
         """What `restore` would do, read-only: {current, record, baseline, target (None: nothing),
@@ -215,7 +273,7 @@ class ScaleActuator:
             "record": record,
             "target": None,
             "drift": None,
-            "baseline": int(record["replicas"]) if record else current.effective,
+            "baseline": recorded_baseline(record, current) if record else current.effective,
             "restore_baseline": False,
         }
         if record is not None and record.get("set") is not None and current.effective != int(record["set"]):
@@ -227,7 +285,7 @@ class ScaleActuator:
             if record is None:
                 plan["reason"] = "nothing to restore: no scale-out was recorded"
             else:
-                plan["target"] = int(record["hpa"]["min"]) if record.get("hpa") else int(record["replicas"])
+                plan["target"] = plan["baseline"]
                 plan["restore_baseline"] = True
                 plan["reason"] = "every cluster serves again: baseline restored, record deleted"
             return plan
@@ -250,6 +308,10 @@ class ScaleActuator:
         """Scale back to what the clusters serving now need; the baseline once every cluster serves.
 
         Returns (change or None, explanation)."""
+        async with self.lock(w):
+            return await self._restore(w, max_replicas)
+
+    async def _restore(self, w: Workload, max_replicas: int | None) -> tuple[ScaleChange | None, str]:
         plan = await self.plan_restore(w, max_replicas)
         current: Current = plan["current"]
         record = plan["record"]
@@ -271,8 +333,9 @@ class ScaleActuator:
             await self.store.delete(w.key)
             return change, str(plan["reason"])
         if record is None:
-            return await self.scale_to(w, int(plan["target"]), current), str(plan["reason"])
-        change = await self._apply(w, int(plan["target"]), current)
+            return await self._scale_to(w, int(plan["target"]), current), str(plan["reason"])
+        ceiling = int(record["hpa"]["max"]) if record.get("hpa") else None
+        change = await self._apply(w, int(plan["target"]), current, ceiling)
         record["set"] = plan["target"]
         await self.store.put(w.key, record)
         return change, str(plan["reason"])

@@ -132,6 +132,9 @@ class Reconciler:
         return apply
 
     def _rescale(self, w: Workload, replicas: int, now: Current) -> Callable[[], Awaitable[Any]]:
+        """Put back the `set` this pass read. The actuator checks it again under the workload's lock and
+        raises Superseded (reported as not re-asserted) when a run restored the baseline or set another
+        value since: this pass's read is older than that run's write."""
         scaler = self.scale
         assert scaler is not None
 

@@ -21,7 +21,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict
@@ -31,6 +31,8 @@ from orchestrator.core.config import Config
 from orchestrator.core.errors import OrchestratorError, PermanentError
 from orchestrator.notifiers import Notifier
 from orchestrator.playbooks.clock import SYSTEM, Clock
+
+T = TypeVar("T")
 
 
 class Params(BaseModel):
@@ -125,6 +127,24 @@ class StepContext:
             await asyncio.wait_for(self.preempt.wait(), timeout=remaining)
         except TimeoutError:
             return
+        raise Preempted(f"preempted during {self.step}")
+
+    async def preemptible(self, waiting: Awaitable[T]) -> T:
+        """Wait for `waiting` unless a preemption comes first (a wait is a journalled point: a drain of
+        this cluster never waits for a failback's readiness wait to end)."""
+        if self.preempt.is_set():
+            raise Preempted(f"preempted before {self.step}")
+        work = asyncio.ensure_future(waiting)
+        stop = asyncio.ensure_future(self.preempt.wait())
+        try:
+            await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (work, stop):
+                if not future.done():
+                    future.cancel()
+            await asyncio.gather(work, stop, return_exceptions=True)
+        if work.done() and not work.cancelled():
+            return work.result()
         raise Preempted(f"preempted during {self.step}")
 
     def deadline(self, key: str, seconds: float) -> float:

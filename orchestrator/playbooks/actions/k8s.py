@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from orchestrator.actuators.scale import ScaleActuator, Workload
+from orchestrator.actuators.scale import Current, ScaleActuator, Workload, recorded_baseline
 from orchestrator.core.config_fields import Seconds
 from orchestrator.core.errors import PermanentError
 from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
@@ -70,12 +70,14 @@ class K8sScale(Action):
         return (await _scaler(ctx).read(params.workload())).effective
 
     async def _target(
-        self, ctx: StepContext, params: ScaleParams, current: int
+        self, ctx: StepContext, params: ScaleParams, now: Current, current: int
     ) -> tuple[int, dict[str, Any]]:
+        """`current` is the value we change (the HPA's floor under an HPA, as `before` journals it), and
+        the baseline is taken in that same unit from the record."""
         scaler = _scaler(ctx)
         w = params.workload()
         record = await scaler.record(w)
-        baseline = int(record["replicas"]) if record else current
+        baseline = recorded_baseline(record, now) if record else current
         basis: dict[str, Any]
         if params.replicas is not None:
             target, basis = params.replicas, {"replicas": params.replicas}
@@ -105,7 +107,7 @@ class K8sScale(Action):
         current = await scaler.read(w)
         if "target" not in ctx.journal:  # decided once, journalled before the effect
             before = int(ctx.before) if ctx.before is not None else current.effective
-            ctx.journal["target"], ctx.journal["basis"] = await self._target(ctx, params, before)
+            ctx.journal["target"], ctx.journal["basis"] = await self._target(ctx, params, current, before)
             await ctx.save()
         target = int(ctx.journal["target"])
         change = await scaler.scale_to(w, target, current)
@@ -128,7 +130,7 @@ class K8sScale(Action):
 
     async def describe(self, ctx: StepContext, params: ScaleParams) -> list[str]:
         current = await _scaler(ctx).read(params.workload())
-        target, basis = await self._target(ctx, params, current.effective)
+        target, basis = await self._target(ctx, params, current, current.effective)
         what = "HPA minReplicas" if current.hpa else "replicas"
         how = ""
         if "surviving_weight" in basis:
@@ -175,10 +177,11 @@ class K8sRestoreScale(Action):
 
     async def describe(self, ctx: StepContext, params: RestoreScaleParams) -> list[str]:
         plan = await _scaler(ctx).plan_restore(params.workload(), params.max_replicas)
-        current = plan["current"].effective
+        now: Current = plan["current"]
+        what = "HPA minReplicas" if now.hpa else "replicas"
         if plan["target"] is None:
-            return [f"{params.workload()} stays at {current}: {plan['reason']}"]
-        return [f"{params.workload()} replicas {current} -> {plan['target']}  ({plan['reason']})"]
+            return [f"{params.workload()} {what} stay at {now.effective}: {plan['reason']}"]
+        return [f"{params.workload()} {what} {now.effective} -> {plan['target']}  ({plan['reason']})"]
 
 
 class WaitReadyParams(WorkloadParams):
@@ -201,8 +204,8 @@ class K8sWaitReady(Action):
         if params.statefulset:
             raise PermanentError("k8s.wait_ready supports deployments")
         kube = await _scaler(ctx).cluster(params.cluster)
-        deployment = await kube.wait_deployment_ready(
-            params.namespace, str(params.deployment), params.timeout_s
+        deployment = await ctx.preemptible(  # a failure of this cluster does not wait for readiness
+            kube.wait_deployment_ready(params.namespace, str(params.deployment), params.timeout_s)
         )
         status = deployment.get("status") or {}
         return {
