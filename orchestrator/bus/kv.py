@@ -91,19 +91,40 @@ async def kv_cas(kv: KeyValue, key: str, value: Any, last: int | None) -> int:
         raise ConflictError(f"KV {key}: written by someone else (expected revision {last})") from e
 
 
+SUBJECTS_PAGE = 100_000
+"""How many subjects one stream-info answer lists; past that, the slower listing."""
+
+
+async def kv_keys(kv: KeyValue, prefix: str) -> list[str]:
+    """The keys starting with `prefix` (`cluster.`; `pause` for `pause` and `pause.cluster.x`), deleted ones
+    included (`kv_get` says None for those), from the stream's subject list: one JetStream answer.
+
+    nats-py's `kv.keys()` makes a consumer per call and, measured here, about once in 300 calls ends
+    before the first key, so an empty answer could not be told from an empty bucket: a daemon starting
+    on such an answer would forget every persisted cluster state. The stream's own count does not race.
+    """
+    pre = kv._pre  # the bucket's subject prefix, `$KV.<bucket>.` (nats-py keeps it private)
+    token = prefix if not prefix or prefix.endswith(".") else ""  # `pause` also lists `pause.cluster.x`
+    with nats_errors(f"KV keys {prefix}"):
+        info = await kv._js.stream_info(kv._stream, subjects_filter=f"{pre}{token}>")
+    subjects = info.state.subjects or {}
+    if len(subjects) < SUBJECTS_PAGE:
+        keys = (subject.removeprefix(pre) for subject in subjects)
+        return [key for key in keys if key.startswith(prefix)]
+    try:  # a very large bucket: the consumer-based listing, filtered by the caller
+        with nats_errors("KV keys"):
+            return [key for key in await kv.keys() if key.startswith(prefix)]
+    except nats.js.errors.NoKeysError:
+        return []
+
+
 async def kv_entries(kv: KeyValue, prefix: str) -> dict[str, tuple[Any, int]]:
     """Every live key under `prefix` (dot-separated, e.g. `cluster.`) with its JSON value and revision."""
-    try:
-        with nats_errors("KV keys"):
-            keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}
     out: dict[str, tuple[Any, int]] = {}
-    for key in keys:
-        if key.startswith(prefix):
-            found = await kv_get(kv, key)
-            if found is not None:
-                out[key] = found
+    for key in sorted(await kv_keys(kv, prefix)):
+        found = await kv_get(kv, key)
+        if found is not None:
+            out[key] = found
     return out
 
 
