@@ -8,8 +8,9 @@ The protocol (DESIGN §4, §5):
   is an absolute target and a repeated POST is harmless. `term` is the leader's fencing term (DESIGN
   §6b): a receiver should refuse (403) a term lower than the highest it has seen. The leader's fence
   is also checked right before each POST (each attempt), so a deposed leader sends none at all.
-- Both requests carry `X-Failover-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">` when a
-  secret is configured (the GET signs its empty body), plus the configured headers.
+- Both requests carry `X-Failover-Signature` and `X-Failover-Id` when a secret is configured (the GET
+  signs its empty body; the scheme is in `core.signing`), plus the configured headers. Each attempt
+  gets a fresh id, so a receiver can drop a replayed request.
 
 Answers: 2xx is success; 5xx, 429 (honouring Retry-After), 408, timeouts and connection errors are
 temporary and retried a bounded number of times inside the call; 409 means the receiver's state changed
@@ -79,7 +80,7 @@ class WebhookBalancer(Balancer):
             headers["Content-Type"] = "application/json"
         secret = self._secret()
         if secret is not None:
-            headers[signing.HEADER] = signing.sign(secret, body)
+            headers.update(signing.sign_headers(secret, body))
         return headers
 
     def _clean(self, text: str) -> str:

@@ -13,6 +13,7 @@ import hmac
 import json
 import re
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ import structlog
 
 from orchestrator.bus.client import Bus
 from orchestrator.bus.state import PAUSE_ALL, StateStore, pause_key
-from orchestrator.core import subjects
+from orchestrator.core import jsonlimits, subjects
 from orchestrator.core.config import Config
 from orchestrator.core.durations import parse_duration
 from orchestrator.core.errors import OrchestratorError
@@ -143,7 +144,18 @@ class Commands:
             reply = await self.bus.request(subjects.COMMANDS, body.encode(), timeout_s=10)
         except OrchestratorError:
             return {"ok": False, "error": "no leader answered; try again in a few seconds", "status": 503}
-        answer: dict[str, Any] = json.loads(reply)
+        try:  # whoever answered may not be our leader: anything but a command answer is an error
+            answer: Any = jsonlimits.loads(reply)
+        except ValueError:
+            answer = None
+        status = answer.get("status", 500) if isinstance(answer, dict) else None
+        if not (
+            isinstance(answer, dict)
+            and isinstance(answer.get("ok"), bool)
+            and (answer["ok"] or (isinstance(status, int) and 400 <= status <= 599))
+        ):
+            log.warning("commands.bad_forward_answer", command=command)
+            return {"ok": False, "error": "the reply is not a command answer; try again", "status": 503}
         return answer
 
     async def _audit(
@@ -167,18 +179,24 @@ class Commands:
 
         async def on_request(msg: Any) -> None:
             try:
-                body = json.loads(msg.data)
+                if len(msg.data) > jsonlimits.MAX_BYTES:
+                    raise ValueError(f"larger than {jsonlimits.MAX_BYTES // 1024} KiB")
+                body = jsonlimits.loads(msg.data)  # bad UTF-8, bad JSON, too deep: ValueError
                 if not isinstance(body, dict) or not isinstance(body.get("command"), str):
                     raise ValueError("expected {command, args, token}")
                 args = body.get("args") or {}
                 if not isinstance(args, dict):
                     raise ValueError("args must be an object")
+                token = body.get("token")
+                if token is not None and not isinstance(token, str):
+                    raise ValueError("token must be a string")
                 via = str(body.get("via") or "nats")[:40]
-                answer = await self.handle(
-                    body["command"], args, body.get("token"), "nats" if via == "nats" else via
-                )
+                answer = await self.handle(body["command"], args, token, "nats" if via == "nats" else via)
             except ValueError as e:
                 answer = {"ok": False, "error": f"bad request: {e}", "status": 400}
+            except Exception as e:  # an exception here would leave the asker without an answer
+                log.error("commands.failed", error=repr(e), trace="".join(traceback.format_exception(e)))
+                answer = {"ok": False, "error": "internal error (logged)", "status": 500}
             if msg.reply:
                 try:
                     await self.bus.publish(msg.reply, json.dumps(answer, default=str).encode())

@@ -15,15 +15,38 @@ the handlers in `api.handlers`, the event stream in `api.sse`, the bodies in `ap
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 
-from orchestrator.api.auth import errors, wrap
+from orchestrator.api.auth import Handler, errors, wrap
+from orchestrator.api.bodies import json_error
 from orchestrator.api.context import ApiContext
 from orchestrator.api.handlers import Handlers
 from orchestrator.api.routes import ROUTES
 from orchestrator.api.sse import SSE_HEARTBEAT_S, SSE_POLL_S, SSE_QUEUE_MAX
+from orchestrator.core import jsonlimits
+
+log = structlog.get_logger(__name__)
 
 BODY_MAX_BYTES = 64 * 1024
+
+
+@web.middleware
+async def bounded_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse an API body that nests deeper than `jsonlimits.MAX_DEPTH` before anything parses it.
+
+    Parsing such a body raised RecursionError, which the handlers' ValueError paths miss: a 500 with a
+    traceback, before authentication. The scan is linear and the body is at most `BODY_MAX_BYTES` (a
+    larger one is a 413 here); aiohttp keeps the bytes read, so the handler parses the same body. Bodies
+    that are merely malformed pass on, for the handler to refuse and audit as a bad request.
+    """
+    if request.body_exists and request.path.startswith("/api/"):
+        try:
+            jsonlimits.check_depth(await request.read())
+        except ValueError as e:
+            log.info("api.body_refused", method=request.method, path=request.path, error=str(e))
+            return json_error(400, f"bad request: {e}")
+    return await handler(request)
 
 
 def build_app(
@@ -33,7 +56,7 @@ def build_app(
     sse_queue_max: int = SSE_QUEUE_MAX,
     sse_poll_s: float = SSE_POLL_S,
 ) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=BODY_MAX_BYTES)
+    app = web.Application(middlewares=[errors, bounded_bodies], client_max_size=BODY_MAX_BYTES)
     handlers = Handlers(ctx, sse_heartbeat_s, sse_queue_max, sse_poll_s)
     for route in ROUTES:
         serve = wrap(ctx, route, getattr(handlers, route.operation))

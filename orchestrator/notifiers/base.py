@@ -73,14 +73,15 @@ class Notifier:
 
 
 class WebhookNotifier(Notifier):
-    """POSTs the notification as JSON, signed when a secret is configured."""
+    """POSTs the notification as JSON, signed when a secret is configured (with an `X-Failover-Id` the
+    receiver can dedupe replays on; `core.signing`)."""
 
     async def send(self, note: Notification) -> None:
         target: WebhookTarget = self.config.webhook  # type: ignore[assignment]
         body = json.dumps(note.body(self.name), separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", **target.headers}
         if target.secret is not None:
-            headers[signing.HEADER] = signing.sign(target.secret.get_secret_value(), body)
+            headers.update(signing.sign_headers(target.secret.get_secret_value(), body))
         await self._post(target.url, body, headers, target.timeout_s)
 
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 import time
 
 import aiohttp
 
-from orchestrator.core.config_clusters import HttpProbe, TcpProbe
+from orchestrator.core.config_clusters import HttpProbe, TcpProbe, body_pattern
 from orchestrator.core.durations import format_duration
 from orchestrator.probes.base import ProbeResult
 
@@ -58,7 +57,8 @@ async def check_http(session: aiohttp.ClientSession, spec: HttpProbe, timeout_s:
     latency = _elapsed_ms(start)
     if status not in spec.expect_status:
         return ProbeResult(False, latency, f"HTTP {status}, expected {spec.expect_status}")
-    if spec.body_regex and not re.search(spec.body_regex, body.decode("utf-8", "replace")):
+    # RE2 (linear time): the body is the probed service's, the loop must not wait on a backtracking match
+    if spec.body_regex and not body_pattern(spec.body_regex).search(body.decode("utf-8", "replace")):
         return ProbeResult(False, latency, f"HTTP {status}, body does not match {spec.body_regex!r}")
     return ProbeResult(True, latency, f"HTTP {status}")
 

@@ -1,13 +1,17 @@
 """Hot reload of playbooks on SIGHUP or when a playbook file changes (DESIGN §2.8).
 
 An invalid set is refused whole: the last good set stays active and a `playbooks.rejected` system event
-lists every problem with its `file:line`.
+lists every problem with its `file:line`. Whatever a file holds, a reload never stops the daemon: an
+unexpected failure while loading is reported the same way, and logged with its trace. Files are parsed
+in a worker thread, so even a large one (the YAML loader bounds size, depth and alias expansion) does
+not hold the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -50,7 +54,7 @@ class PlaybookWatcher:
 
     async def reload(self) -> None:
         try:
-            playbooks = load_playbooks(self.config.playbook_paths(), self.config)
+            playbooks = await asyncio.to_thread(load_playbooks, self.config.playbook_paths(), self.config)
         except ValidationFailed as e:
             problems = [str(p) for p in e.problems]
             log.error("playbooks.rejected", problems=problems)
@@ -58,6 +62,15 @@ class PlaybookWatcher:
                 "playbooks.rejected",
                 "invalid playbook set refused; the last good set stays active",
                 {"problems": problems},
+            )
+            return
+        except Exception as e:  # a loader bug must not become a dead watcher, nor a dead daemon
+            trace = "".join(traceback.format_exception(e))
+            log.error("playbooks.rejected", error=repr(e), trace=trace)
+            await self.emit(
+                "playbooks.rejected",
+                "playbook set could not be loaded; the last good set stays active",
+                {"problems": [f"unexpected error while loading: {type(e).__name__}: {str(e)[:200]}"]},
             )
             return
         self.runner.set_playbooks(playbooks)
