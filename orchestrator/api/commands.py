@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -167,6 +168,7 @@ class Commands:
             command=command,
             args={k: v for k, v in args.items() if k != "token"},
             result="ok" if answer["ok"] else f"error: {answer['error']}",
+            runs=_started(answer),
         )
         log.info("audit", actor=record.actor, via=via, command=command, result=record.result)
         try:
@@ -309,3 +311,21 @@ class Commands:
 
     async def _deny(self, caller: Caller, args: dict[str, Any]) -> Any:
         return await self._decide(caller, args, False)
+
+
+def _started(answer: dict[str, Any]) -> list[str]:
+    """The run ids a command's answer names (`failover`, `failback`), for the audit record."""
+    result = answer.get("result") if answer.get("ok") else None
+    runs = result.get("runs") if isinstance(result, dict) else None
+    return [str(r) for r in runs] if isinstance(runs, list) else []
+
+
+async def forced_by_audit(bus: Bus, record: dict[str, Any]) -> bool:
+    """Whether the audit stream holds the successful admin command that started this run with `force`
+    (a resumed run keeps `force` only then: DESIGN §12)."""
+    try:
+        created = datetime.fromisoformat(str(record.get("created_at")).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return False
+    found = await bus.audited_run(str(record.get("id")), time.time() - created + 300)
+    return bool(found and found.get("result") == "ok" and (found.get("args") or {}).get("force") is True)

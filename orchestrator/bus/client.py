@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import ssl
 import time
@@ -33,7 +34,7 @@ from orchestrator.bus.embedded import EmbeddedNats
 from orchestrator.bus.kv import nats_errors
 from orchestrator.core import subjects
 from orchestrator.core.config_daemon import NatsConfig
-from orchestrator.core.errors import PermanentError, TemporaryError
+from orchestrator.core.errors import OrchestratorError, PermanentError, TemporaryError
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +106,8 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.embedded = embedded
         self._kv: Buckets | None = None
+        self.on_bad_record: Callable[[str, str, str], Awaitable[None]] | None = None
+        """Told of every KV value that failed its schema and was quarantined (bucket, key, reason)."""
 
     @classmethod
     async def connect(cls, cfg: NatsConfig, state_dir: Path, name: str = "failover") -> Bus:
@@ -182,6 +185,27 @@ class Bus:
                 api.KeyValueConfig(bucket=subjects.KV_STATE, history=5, replicas=replicas)
             ),
         )
+        for bucket in (self._kv.leader, self._kv.runs, self._kv.state):
+            kv_helpers.set_quarantine(bucket, self._quarantine)
+
+    async def _quarantine(self, bucket: str, key: str, raw: bytes, revision: int, reason: str) -> None:
+        """A value read back from KV failed its schema (bus/records.py): keep the bytes aside in the state
+        bucket (`quarantine.<bucket>.<key>.<revision>`), delete the original unless someone rewrote it
+        since, and report it (`on_bad_record`: a counter and a `record.quarantined` system event)."""
+        aside = {
+            "bucket": bucket,
+            "key": key,
+            "revision": revision,
+            "reason": reason,
+            "raw": raw[:4096].decode("utf-8", errors="replace"),
+            "at": time.time(),
+        }
+        kv = {b._name: b for b in (self.kv.leader, self.kv.runs, self.kv.state)}[bucket]
+        with contextlib.suppress(OrchestratorError):
+            await kv_helpers.kv_put(self.kv.state, f"quarantine.{bucket}.{key}.{revision}", aside)
+            await kv_helpers.kv_delete(kv, key, last=revision)
+        if self.on_bad_record is not None:
+            await self.on_bad_record(bucket, key, reason)
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         name = str(config.name)
@@ -302,6 +326,19 @@ class Bus:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def audited_run(self, run_id: str, since_s: float) -> dict[str, Any] | None:
+        """The audit record of the command that started `run_id` within the last `since_s` seconds (at
+        most the events stream's age), or None: what lets a resumed run keep `force` (DESIGN §12)."""
+        window = min(max(since_s, 60.0), EVENTS_MAX_AGE_S)
+        async for _subject, data, _at in self.replay(subjects.STREAM_EVENTS, subjects.AUDIT, window):
+            try:
+                record = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and run_id in (record.get("runs") or []):
+                return record
+        return None
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         with nats_errors("flush"):

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.js.kv import KeyValue
 
+from orchestrator.bus import records
 from orchestrator.core.errors import PermanentError, TemporaryError
+
+log = structlog.get_logger(__name__)
 
 
 class ConflictError(PermanentError):
@@ -60,7 +64,39 @@ async def kv_get(kv: KeyValue, key: str) -> tuple[Any, int] | None:
         return None
     if entry.value is None:
         return None
-    return json.loads(entry.value), int(entry.revision or 0)
+    revision = int(entry.revision or 0)
+    try:
+        value = json.loads(entry.value)
+    except (ValueError, RecursionError) as e:  # not JSON (UnicodeDecodeError is a ValueError)
+        reason: str | None = f"not JSON: {type(e).__name__}"
+    else:
+        reason = records.check(kv._name, key, value)
+    if reason is not None:
+        await quarantine(kv, key, bytes(entry.value), revision, reason)
+        return None
+    return value, revision
+
+
+QuarantineHook = Callable[[str, str, bytes, int, str], Awaitable[None]]
+QUARANTINE_ATTR = "_failover_quarantine"
+
+
+def set_quarantine(kv: KeyValue, hook: QuarantineHook) -> None:
+    """Where `kv_get` sends a bad record of this bucket (the Bus that opened it sets this)."""
+    setattr(kv, QUARANTINE_ATTR, hook)
+
+
+async def quarantine(kv: KeyValue, key: str, raw: bytes, revision: int, reason: str) -> None:
+    """A bad record is moved aside and reported by the bucket's hook; without one it is only logged.
+    Never raises: the caller goes on as if the key were absent."""
+    log.error("kv.bad_record", bucket=kv._name, key=key, revision=revision, reason=reason)
+    hook = getattr(kv, QUARANTINE_ATTR, None)
+    if hook is None:
+        return
+    try:
+        await hook(kv._name, key, raw, revision, reason)
+    except Exception:  # reporting a bad record must not become a second failure
+        log.exception("kv.quarantine_failed", bucket=kv._name, key=key)
 
 
 async def kv_put(kv: KeyValue, key: str, value: Any) -> int:

@@ -26,6 +26,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.bad_records = Counter(
+            "failover_bad_records",
+            "KV values that failed their schema when read back, quarantined (quarantine.<bucket>.<key>)",
+            ["bucket"],
+            registry=r,
+        )
         self.malformed = Counter(
             "failover_malformed_messages",
             "Messages that did not parse, dropped",

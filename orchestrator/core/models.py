@@ -116,4 +116,6 @@ class AuditRecord(Message):
     command: str
     args: dict[str, Any] = {}
     result: str
+    runs: list[str] = []
+    """The runs the command started: a resumed run journalled with `force` must be found here."""
     ts: datetime = Field(default_factory=utc_now)

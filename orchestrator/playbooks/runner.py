@@ -57,6 +57,7 @@ class Runner(RunScheduler):
         clusters: ClusterView,
         store: StateStore | None = None,
         on_run_event: Callable[[RunEvent], Awaitable[None]] | None = None,
+        force_audited: Callable[[dict[str, Any]], Awaitable[bool]] | None = None,
     ) -> None:
         super().__init__()
         self.services = services
@@ -65,6 +66,9 @@ class Runner(RunScheduler):
         self.clusters = clusters
         self.store = store
         self.on_run_event = on_run_event
+        self.force_audited = force_audited
+        """Whether the audit stream holds the command that forced this journalled run (None: no record
+        may keep `force` on resume). The journal is data, not authority (DESIGN §12)."""
         self.acting = True
         """False on a follower, and on a leader that lost its lease: no run starts."""
 
@@ -125,6 +129,24 @@ class Runner(RunScheduler):
                     return True
         return False
 
+    async def _check_force(self, run: Run) -> str | None:
+        """A journalled `force` (guards overridden) is kept only when the audit stream has the admin
+        command that started the run: anyone able to write the journal could otherwise resume a forced
+        run. Returns why it was dropped, or None."""
+        if not run.force:
+            return None
+        try:
+            if self.force_audited is not None and await self.force_audited(run.record or {}):
+                return None
+            reason = "no audited command forced this run"
+        except OrchestratorError as e:
+            reason = f"the audit stream could not be read: {e}"
+        run.force = False
+        if run.record is not None:
+            run.record["force"] = False
+        log.error("run.force_dropped", run_id=run.id, reason=reason)
+        return reason
+
     def protecting(self, cluster: str) -> bool:
         """Whether a protective run (on `cluster.failed`) for `cluster` is running or queued. Anything
         else working on the cluster (a failback, a notification, an approval) does not stop the drain
@@ -142,6 +164,8 @@ class Runner(RunScheduler):
     async def _drive(self, run: Run) -> None:
         try:
             with structlog.contextvars.bound_contextvars(run_id=run.id, playbook=run.playbook):
+                if run.hold is not None:  # resumed while automation is paused: a human has the wheel
+                    await self._block(run, "pause", run.hold)
                 if run.record is None:
                     await self._begin(run)
                 if run.record is not None and run.record["status"] in ("running", "delayed"):
@@ -284,6 +308,8 @@ class Runner(RunScheduler):
                 bool(record.get("force")),
                 record.get("actor"),
             )
+            dropped = await self._check_force(run)
+            run.hold = await pause_reason(self.store, run)
             cluster = run.event.get("cluster")
             failed_now = isinstance(cluster, str) and states.get(cluster) == "failed"
             if failed_now and run.event.get("type") != PROTECTIVE:
@@ -302,6 +328,7 @@ class Runner(RunScheduler):
                     "status": record["status"],
                     "in_flight": in_flight,
                     "done": [s for s, e in record.get("steps", {}).items() if e.get("status") == "succeeded"],
+                    **({"force_dropped": dropped} if dropped else {}),
                 },
             )
             if run.preempt.is_set():

@@ -41,6 +41,8 @@ class Run:
     actor: str | None = None
     preempt: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    hold: str | None = None
+    """Why a resumed run is blocked at once (automation paused since it was journalled)."""
 
 
 @dataclass(frozen=True)

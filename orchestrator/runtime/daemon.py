@@ -17,7 +17,7 @@ import structlog
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.actuators.scale import ScaleActuator
-from orchestrator.api.commands import Commands
+from orchestrator.api.commands import Commands, forced_by_audit
 from orchestrator.api.context import ApiContext
 from orchestrator.api.server import ApiServer, build_app
 from orchestrator.bus.client import Bus
@@ -99,6 +99,7 @@ class Daemon:
             self._lock = StateDirLock(config.state_path)
             self._lock.acquire()
         self.bus = bus = await Bus.connect(config.nats, config.state_path)
+        bus.on_bad_record = self._bad_record
         self.supervisor = supervisor = Supervisor(
             stop, on_restart=lambda name: self.metrics.task_restarts.labels(task=name).inc()
         )
@@ -170,7 +171,13 @@ class Daemon:
             )
             self.journal = journal = BusJournal(bus)
             self.runner = runner = Runner(
-                services, self.journal, playbooks, cluster_view, store, on_run_event=self._count_run_event
+                services,
+                self.journal,
+                playbooks,
+                cluster_view,
+                store,
+                on_run_event=self._count_run_event,
+                force_audited=lambda record: forced_by_audit(bus, record),
             )
             runner.acting = False  # until elected
             log.info("playbooks.loaded", playbooks=sorted(playbooks))
@@ -398,6 +405,15 @@ class Daemon:
             )
         except OrchestratorError as e:
             log.error("event.publish_failed", error=str(e))
+
+    async def _bad_record(self, bucket: str, key: str, reason: str) -> None:
+        self.metrics.bad_records.labels(bucket=bucket).inc()
+        where = f"quarantine.{bucket}.{key}"
+        await self._system_event(
+            "record.quarantined",
+            f"KV {bucket}/{key} is not a valid record ({reason}): moved aside to {where}.<revision>",
+            {"bucket": bucket, "key": key, "reason": reason},
+        )
 
     async def _count_run_event(self, event: RunEvent) -> None:
         if event.type == "finished" and self.reconciler is not None:
