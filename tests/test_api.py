@@ -20,7 +20,7 @@ import pytest
 import structlog
 from openapi_spec_validator import validate
 
-from orchestrator.api.bodies import check_command, redact, run_summary
+from orchestrator.api.bodies import check_command, run_summary
 from orchestrator.api.context import ApiContext
 from orchestrator.api.routes import openapi_document
 from orchestrator.api.server import ApiServer, build_app
@@ -30,6 +30,7 @@ from orchestrator.bus.embedded import EmbeddedNats
 from orchestrator.core import subjects
 from orchestrator.core.config import load_config
 from orchestrator.core.metrics import Metrics
+from orchestrator.core.redact import redact
 from orchestrator.playbooks.journal import BusJournal
 from orchestrator.runtime.daemon import Daemon
 from tests.helpers import Fleet, fleet, hook_receiver, wait_for, write_config
@@ -43,6 +44,7 @@ TOKENS = (
     f"{{token: {ADMIN}, role: admin, name: ada}}]"
 )
 SECRETS = (VIEWER, OPERATOR, ADMIN)
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Client:
         self, method: str, path: str, token: str | None = None, **kwargs: Any
     ) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kwargs.pop("headers", None) or {})
         async with self.session.request(method, self.base + path, headers=headers, **kwargs) as resp:
             text = await resp.text()
             self.bodies.append(text + json.dumps(dict(resp.headers)))
@@ -190,15 +193,20 @@ async def test_every_route_with_roles_refusals_and_audit(
             status, body, _ = await api.call("POST", "/api/v1/commands", OPERATOR, json={"command": "reboot"})
             assert status == 400 and "unknown command 'reboot'" in body["error"]
 
-            # bodies that are not commands: 400 with a token, 401 without; both audited
+            # bodies that are not commands: 400 with a token, 401 without; both audited (a body that
+            # is not even labelled JSON is a 415 first: issue 12, tests/test_api_exposure.py)
             for payload in (b"not json", b"[1]", b'{"command": "runs", "args": {"limit": "ten"}}'):
-                status, body, _ = await api.call("POST", "/api/v1/commands", OPERATOR, data=payload)
+                status, body, _ = await api.call(
+                    "POST", "/api/v1/commands", OPERATOR, data=payload, headers=JSON_TYPE
+                )
                 assert status == 400 and body["error"].startswith("bad request: "), body
             status, body, _ = await api.call(
                 "POST", "/api/v1/commands", OPERATOR, json={"command": "status", "token": OPERATOR}
             )
             assert status == 400 and "Authorization header" in body["error"]
-            status, body, _ = await api.call("POST", "/api/v1/commands", None, data=b"not json")
+            status, body, _ = await api.call(
+                "POST", "/api/v1/commands", None, data=b"not json", headers=JSON_TYPE
+            )
             assert status == 401
 
             async def audited() -> bool:
@@ -452,9 +460,9 @@ def test_run_summaries_and_redaction() -> None:
         {"a": {"headers": {"Authorization": "Bearer x"}, "secret": "s", "ok": [{"token": "t"}]}}
     ) == {
         "a": {
-            "headers": {"Authorization": "[redacted]"},
-            "secret": "[redacted]",
-            "ok": [{"token": "[redacted]"}],
+            "headers": {"Authorization": "***"},
+            "secret": "***",
+            "ok": [{"token": "***"}],
         }
     }
 

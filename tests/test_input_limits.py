@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import aiohttp
@@ -357,9 +358,10 @@ async def test_a_forwarded_command_with_an_answer_that_is_not_one_is_an_error(bu
         reply = {b"1": b"not json {", b"2": b"[1, 2]", b"3": b'{"ok": false, "status": "x"}'}
         await bus.publish(msg.reply, reply[json.loads(msg.data)["args"]["n"].encode()])
 
-    sub = await bus.subscribe(subjects.COMMANDS, impostor)
-    none = cast(Any, None)  # a follower's forward uses the bus alone
-    follower = Commands(none, bus, none, none, none, none, dict, is_leader=lambda: False)
+    sub = await bus.subscribe(subjects.INTERNAL_COMMANDS, impostor)  # where followers forward to
+    none = cast(Any, None)  # a follower's forward uses the bus and the token list alone
+    config = cast(Any, SimpleNamespace(api=SimpleNamespace(tokens=[])))
+    follower = Commands(config, bus, none, none, none, none, dict, is_leader=lambda: False)
     try:
         for n in ("1", "2", "3"):
             answer = await follower.handle("failover", {"n": n}, None, "api")

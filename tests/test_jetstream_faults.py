@@ -303,7 +303,9 @@ async def test_a_3_node_nats_cluster_loses_its_jetstream_leaders_and_nothing_is_
         fleet(tmp_path, haproxy_binary) as f,
         nats_cluster(nats_binary, tmp_path / "nats") as cluster,
     ):
-        daemon = make_daemon(tmp_path, f, hook.url, cluster.url, "replicas: 3")
+        daemon = make_daemon(
+            tmp_path, f, hook.url, cluster.url, "replicas: 3, max_bytes: {events: 64MiB, runs: 32MiB}"
+        )
         async with running(daemon):
             await start_and_settle(daemon, f)
             assert {s: await cluster.stream_replicas(s) for s in STREAMS} == dict.fromkeys(STREAMS, 3)

@@ -19,12 +19,12 @@ from nats.js import api
 
 from orchestrator.api.context import ApiContext
 from orchestrator.api.server import ApiServer, build_app
-from orchestrator.bus.client import EVENTS_MAX_AGE_S, EVENTS_MAX_BYTES, RUNS_MAX_BYTES, Bus
+from orchestrator.bus.client import EVENTS_MAX_AGE_S, Bus
 from orchestrator.bus.embedded import EmbeddedNats
 from orchestrator.core import subjects
 from orchestrator.core.config import load_config
-from orchestrator.core.config_daemon import NatsConfig, RunsRetentionConfig
-from orchestrator.core.errors import ValidationFailed
+from orchestrator.core.config_daemon import NatsConfig, RunsRetentionConfig, StreamLimits
+from orchestrator.core.errors import PermanentError, ValidationFailed
 from orchestrator.core.metrics import Metrics
 from orchestrator.playbooks.journal import BusJournal
 from orchestrator.runtime.retention import RunRetention
@@ -112,7 +112,7 @@ async def test_retention_deletes_by_age_and_by_count_and_never_an_unfinished_run
     for r in [*aged, *stuck, *fresh]:
         await journal.save(r)
     await journal.save(record("stuck2", "running", now - 20 * DAY))
-    await bus.kv.runs.put("run.stuck2", b"\x00 not json")  # unreadable, but marked unfinished: kept
+    await bus.kv.runs.put("run.stuck2", b"\x00 not json")  # unreadable: quarantined when read, not lost
     await bus.kv.runs.put("run.orphan", b"{}")
     await bus.kv.runs.delete("run.orphan")  # a delete marker left by someone: swept too
 
@@ -132,8 +132,10 @@ async def test_retention_deletes_by_age_and_by_count_and_never_an_unfinished_run
     # deleted for good: no delete markers, and each kept key holds exactly one message (history 1)
     info = await bus.js.stream_info(f"KV_{subjects.KV_RUNS}", subjects_filter=f"$KV.{subjects.KV_RUNS}.run.>")
     assert sorted(s.rsplit(".", 1)[1] for s in info.state.subjects or {}) == sorted(
-        [*kept, "stuck0", "stuck1", "stuck2"]
+        [*kept, "stuck0", "stuck1"]
     )
+    [aside] = (await Bus.kv_items(bus.kv.state, "quarantine.failover-runs.run.stuck2.")).values()
+    assert aside["raw"] == "\x00 not json"
     assert set((info.state.subjects or {}).values()) == {1}
 
     # a second pass finds nothing more to do
@@ -264,9 +266,9 @@ async def test_ensure_topology_brings_an_old_bucket_and_stream_to_the_new_limits
         await bus.ensure_topology()
 
         runs = await bus.js.stream_info(f"KV_{subjects.KV_RUNS}")
-        assert (runs.config.max_msgs_per_subject, runs.config.max_bytes) == (1, RUNS_MAX_BYTES)
+        assert (runs.config.max_msgs_per_subject, runs.config.max_bytes) == (1, StreamLimits().runs)
         events = await bus.js.stream_info(subjects.STREAM_EVENTS)
-        assert events.config.max_bytes == EVENTS_MAX_BYTES and events.state.messages == 1
+        assert events.config.max_bytes == StreamLimits().events and events.state.messages == 1
         found = await Bus.kv_get(bus.kv.runs, "run.abc")
         assert found is not None and found[0]["status"] == "succeeded"  # the latest revision is kept
         await bus.ensure_topology()  # idempotent
@@ -312,3 +314,31 @@ async def test_the_leader_prunes_the_journal_periodically(
                 await asyncio.sleep(0)
     finally:
         await bus.close()
+
+
+async def test_too_little_jetstream_storage_is_a_clear_error_and_smaller_limits_fit(
+    tmp_path: Path, nats_binary: str
+) -> None:
+    """NATS reserves a stream's max_bytes up front: a server with less storage refused to create the
+    events stream, and the daemon retried 'no suitable peers' forever instead of saying why."""
+    server = EmbeddedNats(tmp_path / "nats", config="jetstream { max_file_store: 128MB }\n")
+    await server.start()
+    try:
+        bus = await Bus.connect(NatsConfig(url=server.url), tmp_path, name="t")
+        try:
+            with pytest.raises(PermanentError, match=r"lower nats.max_bytes"):
+                await bus.ensure_topology()
+        finally:
+            await bus.close()
+        small = NatsConfig.model_validate(
+            {"url": server.url, "max_bytes": {"events": "64MiB", "runs": "16MiB"}}
+        )
+        bus = await Bus.connect(small, tmp_path, name="t")
+        try:
+            await bus.ensure_topology()
+            info = await bus.js.stream_info("FAILOVER_EVENTS")
+            assert info.config.max_bytes == 64 * 1024**2
+        finally:
+            await bus.close()
+    finally:
+        await server.stop()

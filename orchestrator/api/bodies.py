@@ -1,4 +1,4 @@
-"""The JSON bodies the HTTP API reads and writes: error replies, redaction, run summaries and the check of
+"""The JSON bodies the HTTP API reads and writes: error replies, run summaries and the check of
 a command's POST body.
 
 Pure functions with no I/O, shared by the route handlers, the route wrapper and the error middleware.
@@ -15,8 +15,6 @@ from aiohttp import web
 
 from orchestrator.api.routes import COMMAND_ARGS, JSON
 
-_SECRET_KEYS = ("token", "secret", "password", "authorization", "webhook_url", "credential")
-
 
 def dumps(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
@@ -29,18 +27,6 @@ def json_error(status: int, message: str, headers: Mapping[str, str] | None = No
         content_type=JSON,
         headers=headers,
     )
-
-
-def redact(value: Any) -> Any:
-    """Values under secret-sounding keys are replaced: a response never carries a secret."""
-    if isinstance(value, dict):
-        return {
-            k: "[redacted]" if any(s in str(k).lower() for s in _SECRET_KEYS) else redact(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
 
 
 def opt_str(value: Any) -> str | None:

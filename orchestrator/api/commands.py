@@ -22,8 +22,8 @@ from typing import Any
 import structlog
 
 from orchestrator.bus.client import Bus
-from orchestrator.bus.state import PAUSE_ALL, StateStore, pause_key
-from orchestrator.core import jsonlimits, subjects
+from orchestrator.bus.state import PAUSE_ALL, PAUSE_MAX_S, StateStore, pause_key
+from orchestrator.core import jsonlimits, redact, subjects
 from orchestrator.core.config import Config
 from orchestrator.core.durations import parse_duration
 from orchestrator.core.errors import OrchestratorError
@@ -40,6 +40,18 @@ class Caller:
     actor: str
     role: str
     via: str
+
+
+def _forwarded_caller(body: dict[str, Any]) -> Caller:
+    """The caller a follower authenticated: checked, since an answer's audit record names it."""
+    actor, role, via = body.get("actor"), body.get("role"), body.get("via") or "follower"
+    if not isinstance(actor, str) or not 0 < len(actor) <= 200:
+        raise ValueError("actor must be a string of 1 to 200 characters")
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if not isinstance(via, str):
+        raise ValueError("via must be a string")
+    return Caller(actor, role, via[:40])
 
 
 class CommandError(OrchestratorError):
@@ -77,6 +89,7 @@ class Commands:
         is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
+        redact.register_config(config)  # before any run or answer: its secrets are redacted everywhere
         self.is_leader = is_leader
         self.bus = bus
         self.runner = runner
@@ -109,16 +122,28 @@ class Commands:
         raise CommandError("a valid token is required", 401)
 
     async def handle(self, command: str, args: dict[str, Any], token: str | None, via: str) -> dict[str, Any]:
-        """Authorize, run, audit. Never raises: the answer says ok or error.
-
-        On a follower, anything but a read is forwarded to the leader over `failover.cmd` (approvals wait
-        in the leader's process and only its runner acts); the leader authorizes and audits it again.
-        """
-        if via != "nats" and not self.is_leader() and REQUIRED_ROLE.get(command) != "viewer":
-            return await self._forward(command, args, token, via)
-        caller: Caller | None = None
+        """Authenticate, then authorize, run and audit (`handle_as`). Never raises: the answer says ok or
+        error. Every replica authenticates its own callers (it has the same `api.tokens`), so a token
+        never leaves the process that received it."""
         try:
             caller = self.authenticate(token, via)
+        except CommandError as e:
+            answer: dict[str, Any] = {"ok": False, "error": str(e), "status": e.status}
+            await self._audit(None, command, args, answer, via)
+            return answer
+        return await self.handle_as(caller, command, args, forward=via != "nats")
+
+    async def handle_as(
+        self, caller: Caller, command: str, args: dict[str, Any], forward: bool = True
+    ) -> dict[str, Any]:
+        """Authorize an authenticated caller, run, audit.
+
+        On a follower, anything but a read is forwarded to the leader as `{actor, role}` over
+        `failover.internal.cmd`, which only daemon credentials may use (approvals wait in the leader's
+        process and only its runner acts); the leader checks the role again and audits it."""
+        if forward and not self.is_leader() and REQUIRED_ROLE.get(command) != "viewer":
+            return await self._forward(caller, command, args)
+        try:
             handler = self.handlers.get(command)
             if handler is None:
                 raise CommandError(f"unknown command {command!r} (known: {', '.join(sorted(self.handlers))})")
@@ -133,16 +158,26 @@ class Commands:
             answer = {"ok": False, "error": str(e), "status": e.status}
         except OrchestratorError as e:
             answer = {"ok": False, "error": str(e), "status": 500}
+        except Exception as e:  # a bug must still answer, and be audited like any failed command
+            trace = "".join(traceback.format_exception(e))
+            log.error("commands.failed", command=command, error=repr(e), trace=trace)
+            answer = {"ok": False, "error": "internal error (logged)", "status": 500}
         if REQUIRED_ROLE.get(command) != "viewer" or not answer["ok"]:
-            await self._audit(caller, command, args, answer, via)
+            await self._audit(caller, command, args, answer, caller.via)
         return answer
 
-    async def _forward(
-        self, command: str, args: dict[str, Any], token: str | None, via: str
-    ) -> dict[str, Any]:
-        body = json.dumps({"command": command, "args": args, "token": token, "via": f"{via} via follower"})
+    async def _forward(self, caller: Caller, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(
+            {
+                "command": command,
+                "args": args,
+                "actor": caller.actor,
+                "role": caller.role,
+                "via": f"{caller.via} via follower",
+            }
+        )
         try:
-            reply = await self.bus.request(subjects.COMMANDS, body.encode(), timeout_s=10)
+            reply = await self.bus.request(subjects.INTERNAL_COMMANDS, body.encode(), timeout_s=10)
         except OrchestratorError:
             return {"ok": False, "error": "no leader answered; try again in a few seconds", "status": 503}
         try:  # whoever answered may not be our leader: anything but a command answer is an error
@@ -177,9 +212,11 @@ class Commands:
             log.error("audit.publish_failed", error=str(e))
 
     async def serve_nats(self) -> None:
-        """Answer `failover.cmd` requests: `{command, args, token}` -> `{ok, result | error}`."""
+        """Answer `failover.cmd` (`{command, args, token}`: external callers, authenticated here) and
+        `failover.internal.cmd` (`{command, args, actor, role, via}`: a follower's, already authenticated;
+        only daemon credentials may publish there) with `{ok, result | error}`."""
 
-        async def on_request(msg: Any) -> None:
+        async def on_request(msg: Any, internal: bool) -> None:
             try:
                 if len(msg.data) > jsonlimits.MAX_BYTES:
                     raise ValueError(f"larger than {jsonlimits.MAX_BYTES // 1024} KiB")
@@ -189,28 +226,44 @@ class Commands:
                 args = body.get("args") or {}
                 if not isinstance(args, dict):
                     raise ValueError("args must be an object")
-                token = body.get("token")
-                if token is not None and not isinstance(token, str):
-                    raise ValueError("token must be a string")
-                via = str(body.get("via") or "nats")[:40]
-                answer = await self.handle(body["command"], args, token, "nats" if via == "nats" else via)
+                if internal:
+                    answer = await self.handle_as(
+                        _forwarded_caller(body), body["command"], args, forward=False
+                    )
+                else:
+                    token = body.get("token")
+                    if token is not None and not isinstance(token, str):
+                        raise ValueError("token must be a string")
+                    answer = await self.handle(body["command"], args, token, "nats")
             except ValueError as e:
                 answer = {"ok": False, "error": f"bad request: {e}", "status": 400}
             except Exception as e:  # an exception here would leave the asker without an answer
                 log.error("commands.failed", error=repr(e), trace="".join(traceback.format_exception(e)))
                 answer = {"ok": False, "error": "internal error (logged)", "status": 500}
-            if msg.reply:
+            # the reply subject is the asker's choice: answer only into an inbox, never into KV or events
+            if msg.reply and str(msg.reply).startswith("_INBOX."):
                 try:
                     await self.bus.publish(msg.reply, json.dumps(answer, default=str).encode())
                 except OrchestratorError as e:  # the asker times out and may ask again
                     log.warning("commands.reply_failed", error=str(e))
+            elif msg.reply:
+                log.warning("commands.reply_refused", reason="reply subject is not an _INBOX subject")
+
+        async def external(msg: Any) -> None:
+            await on_request(msg, internal=False)
+
+        async def forwarded(msg: Any) -> None:
+            await on_request(msg, internal=True)
 
         if self._subscription is None:  # only the leader answers: approvals wait in its process
-            self._subscription = await self.bus.subscribe(subjects.COMMANDS, on_request)
+            self._subscription = [
+                await self.bus.subscribe(subjects.COMMANDS, external),
+                await self.bus.subscribe(subjects.INTERNAL_COMMANDS, forwarded),
+            ]
 
     async def stop_serving(self) -> None:
-        subscription, self._subscription = self._subscription, None
-        if subscription is not None:
+        subscriptions, self._subscription = self._subscription or [], None
+        for subscription in subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
 
@@ -240,7 +293,8 @@ class Commands:
         except UnknownRun as e:
             raise CommandError(str(e), 400) from e
         keys = ("id", "playbook", "status", "key", "created_at", "finished_at", "error")
-        return {"runs": [{k: r.get(k) for k in keys} for r in page.runs], "next": page.next}
+        runs = [{k: r.get(k) for k in keys} for r in page.runs]
+        return {"runs": redact.redact(runs), "next": page.next}  # viewers read it: no secret
 
     async def _run(self, caller: Caller, args: dict[str, Any]) -> Any:
         run_id = str(args.get("id", ""))
@@ -249,7 +303,7 @@ class Commands:
         record = await self.runner.journal.read(run_id)
         if record is None:
             raise CommandError(f"no run {args.get('id')!r}", 404)
-        return record
+        return redact.redact(record)  # viewers read it: no secret, whatever an older writer journalled
 
     async def _manual(self, caller: Caller, args: dict[str, Any], kind: str) -> Any:
         cluster = self._cluster_arg(args)
@@ -285,9 +339,15 @@ class Commands:
         until = None
         if args.get("for"):
             try:
-                until = time.time() + parse_duration(args["for"])
+                seconds = parse_duration(args["for"])
             except ValueError as e:
                 raise CommandError(str(e)) from None
+            if not 0 < seconds <= PAUSE_MAX_S:  # `pause --for 99999999999d` was stored, then broke readers
+                raise CommandError(
+                    f"--for must be more than 0s and at most {PAUSE_MAX_S / 86400:g}d; to pause until "
+                    "resumed, omit it"
+                )
+            until = time.time() + seconds
         key = pause_key(self._cluster_arg(args) if args.get("cluster") else None)
         await self.store.put(key, {"by": caller.actor, "at": time.time(), "until": until})
         return {"paused": key, "until": rfc3339(until) if until else None}
@@ -301,10 +361,17 @@ class Commands:
 
     async def _decide(self, caller: Caller, args: dict[str, Any], approved: bool) -> Any:
         run_id = str(args.get("run") or args.get("id") or "")
-        problem = self.approvals.decide(run_id, approved, caller.actor, caller.role)
-        if problem:
-            raise CommandError(problem, 409)
-        return {"run": run_id, "approved": approved, "by": caller.actor}
+        verdict = self.approvals.decide(run_id, approved, caller.actor, caller.role)
+        if verdict.error:  # refused (a self-approval included): `handle` audits it
+            raise CommandError(verdict.error, verdict.status)
+        return {
+            "run": run_id,
+            "approved": approved,
+            "by": caller.actor,
+            "approvals": list(verdict.approvals),
+            "needed": verdict.needed,
+            "decided": verdict.final,
+        }
 
     async def _approve(self, caller: Caller, args: dict[str, Any]) -> Any:
         return await self._decide(caller, args, True)

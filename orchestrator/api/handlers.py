@@ -18,17 +18,22 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.api import dashboard
-from orchestrator.api.auth import Refused, bearer_token
-from orchestrator.api.bodies import check_command, dumps, json_error, opt_str, redact, run_summary
+from orchestrator.api.auth import Refused, audit_refused_request, bearer_token
+from orchestrator.api.bodies import check_command, dumps, json_error, opt_str, run_summary
 from orchestrator.api.commands import Caller, CommandError, Commands
 from orchestrator.api.context import ApiContext
 from orchestrator.api.routes import RUN_ID_PATTERN, openapi_document
 from orchestrator.api.sse import EventStream
 from orchestrator.bus.client import Bus
-from orchestrator.bus.state import PAUSE_ALL, PAUSE_CLUSTER_PREFIX, pause_in_force
-from orchestrator.core import subjects
-from orchestrator.core.errors import OrchestratorError
-from orchestrator.core.models import AuditRecord, rfc3339
+from orchestrator.bus.state import (
+    PAUSE_ALL,
+    PAUSE_CLUSTER_PREFIX,
+    pause_in_force,
+    pause_until,
+    readable_timestamp,
+)
+from orchestrator.core import redact
+from orchestrator.core.models import rfc3339
 from orchestrator.playbooks.journal import PAGE_DEFAULT, PAGE_MAX, UnknownRun
 
 log = structlog.get_logger(__name__)
@@ -76,15 +81,14 @@ class Handlers:
                 continue
             if not pause_in_force(found, now):
                 continue  # expired: automation runs again
-            value = found
-            until = value.get("until")
-            at = value.get("at")
+            # whatever the record holds (an older writer, a hand edit), the view is total
+            until, at = pause_until(found), readable_timestamp(found.get("at"))
             out.append(
                 {
                     "scope": "all" if key == PAUSE_ALL else key.removeprefix(PAUSE_CLUSTER_PREFIX),
-                    "by": opt_str(value.get("by")),
-                    "since": rfc3339(at) if isinstance(at, int | float) else None,
-                    "until": rfc3339(until) if isinstance(until, int | float) else None,
+                    "by": opt_str(found.get("by")),
+                    "since": rfc3339(at) if at is not None else None,
+                    "until": rfc3339(until) if until is not None else None,
                 }
             )
         return out
@@ -115,7 +119,7 @@ class Handlers:
         if self.ctx.journal is None:
             raise Refused(503, "the run journal is not available")
         page = await self.ctx.journal.page(limit, before)
-        return {"runs": [run_summary(r) for r in page.runs], "next": page.next}
+        return {"runs": [redact.redact(run_summary(r)) for r in page.runs], "next": page.next}
 
     # /api/v1 --------------------------------------------------------------------------------------
 
@@ -146,7 +150,8 @@ class Handlers:
         record = await self.ctx.journal.read(run_id)
         if record is None:
             return json_error(404, f"no run {run_id}")
-        return web.json_response(redact(record), dumps=dumps)
+        # secret values, secret-looking keys and URL parameters, whatever an older writer journalled
+        return web.json_response(redact.redact(record), dumps=dumps)
 
     async def openapi(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
         return web.json_response(self.document, dumps=dumps)
@@ -171,22 +176,11 @@ class Handlers:
         """A body that is not a command is refused and audited like a refused command: without a valid
         token it is a 401 (nothing about the body is said), with one a 400."""
         try:
-            caller: Caller | None = commands.authenticate(token, "api")
+            commands.authenticate(token, "api")
             status, message = 400, f"bad request: {problem}"
         except CommandError as e:
-            caller, status, message = None, e.status, str(e)
-        record = AuditRecord(
-            actor=caller.actor if caller else "unauthenticated",
-            via="api",
-            command="(invalid request)",
-            result=f"error: {message}",
-        )
-        log.info("audit", actor=record.actor, via="api", command=record.command, result=record.result)
-        if self.ctx.bus is not None:
-            try:
-                await self.ctx.bus.publish_durable(subjects.AUDIT, record.to_json())
-            except OrchestratorError as e:
-                log.error("audit.publish_failed", error=str(e))
+            status, message = e.status, str(e)
+        await audit_refused_request(self.ctx, token, message)
         headers = {"WWW-Authenticate": 'Bearer realm="failover"'} if status == 401 else None
         return json_error(status, message, headers)
 

@@ -25,10 +25,14 @@ from orchestrator.api.handlers import Handlers
 from orchestrator.api.routes import ROUTES
 from orchestrator.api.sse import SSE_HEARTBEAT_S, SSE_POLL_S, SSE_QUEUE_MAX
 from orchestrator.core import jsonlimits
+from orchestrator.core.config_daemon import ApiConfig, is_loopback
+from orchestrator.core.errors import PermanentError
 
 log = structlog.get_logger(__name__)
 
 BODY_MAX_BYTES = 64 * 1024
+API_CONFIG = web.AppKey("api_config", ApiConfig)
+"""The `api` section the app was built with: the server checks its exposure before listening."""
 
 
 @web.middleware
@@ -57,6 +61,7 @@ def build_app(
     sse_poll_s: float = SSE_POLL_S,
 ) -> web.Application:
     app = web.Application(middlewares=[errors, bounded_bodies], client_max_size=BODY_MAX_BYTES)
+    app[API_CONFIG] = ctx.config.api
     handlers = Handlers(ctx, sse_heartbeat_s, sse_queue_max, sse_poll_s)
     for route in ROUTES:
         serve = wrap(ctx, route, getattr(handlers, route.operation))
@@ -76,7 +81,27 @@ class ApiServer:
         self.port = port
         self._runner: web.AppRunner | None = None
 
+    def check_exposure(self) -> None:
+        """Refuse to listen beyond loopback without tokens unless `api.allow_anonymous` says so, and say
+        loudly when it does. `load_config` refuses such a file already; this also covers a config built
+        in code and a listen address given apart from the config."""
+        api = self.app.get(API_CONFIG)
+        if api is None or not api.anonymous or is_loopback(self.host):
+            return
+        if not api.allow_anonymous:
+            raise PermanentError(
+                f"api: refusing to listen on {self.host}:{self.port} without api.tokens (anyone who can "
+                "reach it would be admin); configure api.tokens, or api.allow_anonymous: true"
+            )
+        log.warning(
+            "api.anonymous_admin",
+            listen=f"{self.host}:{self.port}",
+            reason="api.allow_anonymous: no api.tokens and a non-loopback address: anyone who can reach "
+            "the API is anonymous admin and can drain every cluster",
+        )
+
     async def start(self) -> None:
+        self.check_exposure()
         # handle_signals=False: the supervisor owns signals and shutdown order. Event streams end on
         # app shutdown; the timeout is the backstop for any other slow request.
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=5.0)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -28,33 +26,23 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
+from pydantic import SecretStr
 
 from orchestrator.bus import kv as kv_helpers
+from orchestrator.bus import natsauth
 from orchestrator.bus.embedded import EmbeddedNats
 from orchestrator.bus.kv import nats_errors
 from orchestrator.core import subjects
-from orchestrator.core.config_daemon import NatsConfig
+from orchestrator.core.config_daemon import NatsConfig, StreamLimits
 from orchestrator.core.errors import OrchestratorError, PermanentError, TemporaryError
 
 log = structlog.get_logger(__name__)
 
 HEALTH_MAX_AGE_S = 15 * 60
 EVENTS_MAX_AGE_S = 90 * 24 * 3600
-EVENTS_MAX_BYTES = 2 * 1024**3
-"""Events, run events and audit: the oldest go first past this, even inside their 90 days."""
-RUNS_MAX_BYTES = 1024**3
-"""The run journal: runs retention (`runs.retention`) keeps it well under this. KV buckets refuse writes
-when full rather than drop a record, so this is a backstop, never a way to forget an unfinished run."""
+INSUFFICIENT_STORAGE = "insufficient storage"
+"""In a placement error: the servers lack the JetStream storage the stream reserves (`nats.max_bytes`)."""
 LEADER_TTL_S = 10.0
-
-
-def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
-    if cfg.tls is None:
-        return None
-    ctx = ssl.create_default_context(cafile=cfg.tls.ca)
-    if cfg.tls.cert:
-        ctx.load_cert_chain(cfg.tls.cert, cfg.tls.key)
-    return ctx
 
 
 MsgHandler = Callable[[Msg], Awaitable[None]]
@@ -79,6 +67,19 @@ def _clustered(what: str) -> Iterator[None]:
         ) from e
 
 
+def _unplaced(what: str, e: nats.js.errors.APIError) -> OrchestratorError:
+    """No peer could place a stream, or JetStream refused it: temporary while a NATS cluster forms or a
+    peer is away; permanent, and said plainly, when the servers lack the storage it reserves
+    (`nats.max_bytes`: 10047 on one server, a placement error in a cluster)."""
+    if e.err_code == 10047 or INSUFFICIENT_STORAGE in str(e.description).lower():
+        return PermanentError(
+            f"cannot create {what}: the NATS servers lack the JetStream storage it reserves "
+            f"({e.description}); lower nats.max_bytes (events, runs) or give JetStream more storage "
+            "(max_file_store)"
+        )
+    return TemporaryError(f"cannot create {what} yet: {e.description}")
+
+
 @dataclass
 class Buckets:
     leader: KeyValue
@@ -96,9 +97,12 @@ class Bus:
         closing: asyncio.Event | None = None,
         reconnected: asyncio.Event | None = None,
         replicas: int = 1,
+        max_bytes: StreamLimits | None = None,
     ) -> None:
         self.nc = nc
         self.replicas = replicas
+        self.max_bytes = max_bytes or StreamLimits()
+        """What the events stream and the run journal may hold (`nats.max_bytes`)."""
         """JetStream replicas of the streams and KV buckets (`nats.replicas`)."""
         self.closing = closing or asyncio.Event()
         self.reconnected = reconnected or asyncio.Event()
@@ -113,10 +117,18 @@ class Bus:
     async def connect(cls, cfg: NatsConfig, state_dir: Path, name: str = "failover") -> Bus:
         embedded = None
         url = cfg.url
-        if url is None:
-            embedded = EmbeddedNats(state_dir / "nats")
+        if url is None:  # nothing may connect anonymously (DESIGN §12): the daemon uses its generated user
+            server_config, passwords = natsauth.embedded_config(state_dir / "nats" / "auth")
+            embedded = EmbeddedNats(state_dir / "nats", config=server_config)
             await embedded.start()
             url = embedded.url
+            cfg = NatsConfig().model_copy(
+                update={
+                    "user": "daemon",
+                    "password": SecretStr(passwords["daemon"]),
+                    "connect_timeout_s": cfg.connect_timeout_s,
+                }
+            )
         closing = asyncio.Event()
         reconnected = asyncio.Event()
         try:
@@ -125,7 +137,7 @@ class Bus:
             if embedded:
                 await embedded.stop()
             raise
-        return cls(nc, embedded, closing, reconnected, replicas=cfg.replicas)
+        return cls(nc, embedded, closing, reconnected, replicas=cfg.replicas, max_bytes=cfg.max_bytes)
 
     @property
     def kv(self) -> Buckets:
@@ -160,7 +172,7 @@ class Bus:
                 name=subjects.STREAM_EVENTS,
                 subjects=[subjects.EVENTS_ALL, subjects.RUNS_ALL, subjects.AUDIT],
                 max_age=EVENTS_MAX_AGE_S,
-                max_bytes=EVENTS_MAX_BYTES,
+                max_bytes=int(self.max_bytes.events),
                 storage=api.StorageType.FILE,
                 discard=api.DiscardPolicy.OLD,
                 num_replicas=replicas,
@@ -178,7 +190,10 @@ class Bus:
             ),
             runs=await self._ensure_kv(  # compare-and-set needs only the latest revision of a run
                 api.KeyValueConfig(
-                    bucket=subjects.KV_RUNS, history=1, max_bytes=RUNS_MAX_BYTES, replicas=replicas
+                    bucket=subjects.KV_RUNS,
+                    history=1,
+                    max_bytes=int(self.max_bytes.runs),
+                    replicas=replicas,
                 )
             ),
             state=await self._ensure_kv(
@@ -214,7 +229,7 @@ class Bus:
                 await self.js.add_stream(config)
         except nats.js.errors.BadRequestError as e:
             if e.err_code == NO_PEERS:
-                raise TemporaryError(f"cannot place stream {config.name} yet: {e.description}") from e
+                raise _unplaced(f"stream {config.name}", e) from e
             # 10058: the stream exists with another configuration; bring it to ours.
             if e.err_code != 10058:
                 raise PermanentError(f"cannot create stream {config.name}: {e.description}") from e
@@ -222,6 +237,8 @@ class Bus:
                 info = await self.js.stream_info(name)
                 config.num_replicas = max(config.num_replicas or 1, info.config.num_replicas or 1)
                 await self.js.update_stream(config)
+        except nats.js.errors.APIError as e:
+            raise _unplaced(f"stream {config.name}", e) from e
         except nats.errors.Error as e:
             raise TemporaryError(f"JetStream not available creating {config.name}: {e}") from e
 
@@ -231,7 +248,9 @@ class Bus:
         try:
             with _clustered(f"KV {config.bucket}"):
                 return await self.js.create_key_value(config)
-        except nats.js.errors.BadRequestError:
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code == NO_PEERS:
+                raise _unplaced(f"KV {config.bucket}", e) from e
             # it exists: bring its TTL to ours (the leader bucket's TTL *is* the lease), unless told not to
             stream = f"KV_{config.bucket}"
             with nats_errors(f"KV bucket {config.bucket}"), _clustered(f"KV {config.bucket}"):
@@ -257,6 +276,8 @@ class Bus:
                 if changed:
                     await self.js.update_stream(info.config)
                 return await self.js.key_value(config.bucket)
+        except nats.js.errors.APIError as e:
+            raise _unplaced(f"KV {config.bucket}", e) from e
         except nats.errors.Error as e:
             raise TemporaryError(f"JetStream not available creating KV {config.bucket}: {e}") from e
 
@@ -326,6 +347,12 @@ class Bus:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def state_bucket(self) -> KeyValue:
+        """The existing state bucket, opened without creating or changing anything: all a stand-alone
+        prober's credential allows (DESIGN §12), and all it needs (the scale baselines)."""
+        with nats_errors(f"open KV {subjects.KV_STATE}"):
+            return await self.js.key_value(subjects.KV_STATE)
 
     async def audited_run(self, run_id: str, since_s: float) -> dict[str, Any] | None:
         """The audit record of the command that started `run_id` within the last `since_s` seconds (at
@@ -405,22 +432,15 @@ async def connect_nats(
         "allow_reconnect": True,
         "pending_size": 64 * 1024 * 1024,
     }
-    if cfg.creds:
-        options["user_credentials"] = os.path.expanduser(cfg.creds)
-    if cfg.user:
-        options["user"] = cfg.user
-    if cfg.password:
-        options["password"] = cfg.password.get_secret_value()
-    if cfg.token:
-        options["token"] = cfg.token.get_secret_value()
-    tls = _tls_context(cfg)
-    if tls:
-        options["tls"] = tls
+    options.update(natsauth.connect_options(cfg))
     servers = [u.strip() for u in url.split(",") if u.strip()]
     closing = closing or asyncio.Event()
 
+    errors: list[BaseException] = []
+
     async def _error_cb(e: Exception) -> None:
-        log.warning("nats.error", error=str(e))
+        errors[:] = [*errors[-4:], e]  # why a first connect keeps failing (a refused credential)
+        log.warning("nats.error", error=natsauth.redact_url(str(e)))
 
     async def _disconnected_cb() -> None:
         if not closing.is_set():
@@ -446,4 +466,16 @@ async def connect_nats(
     except (nats.errors.Error, OSError, TimeoutError) as e:
         with contextlib.suppress(Exception):
             await nc.close()
-        raise TemporaryError(f"cannot connect to NATS at {url}: {type(e).__name__}") from e
+        reason = _reason(*errors, e)
+        raise TemporaryError(f"cannot connect to NATS at {natsauth.redact_url(url)}: {reason}") from e
+
+
+def _reason(*seen: BaseException) -> str:
+    """Why a connect failed, for the operator: a refused credential or certificate says so (nats-py's
+    own message, any URL in it redacted); otherwise the exception's type. Never a secret: nats-py's
+    messages name the server's verdict, not what was sent."""
+    for e in seen:
+        text = natsauth.redact_url(str(e)).strip()
+        if any(word in text.lower() for word in ("authorization", "authentication", "certificate")):
+            return f"{type(e).__name__}: {text[:200]}"
+    return type(seen[-1]).__name__

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import structlog
 
+from orchestrator.bus.natsauth import write_secret
 from orchestrator.core.errors import PermanentError
 
 log = structlog.get_logger(__name__)
@@ -71,11 +72,16 @@ def free_port() -> int:
 
 
 class EmbeddedNats:
-    """A nats-server child process with JetStream, bound to loopback only, data under `store_dir`."""
+    """A nats-server child process with JetStream, bound to loopback only, data under `store_dir`.
 
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+    `config` is a nats-server configuration (users and permissions, TLS): written next to the data with
+    mode 0600, since it holds passwords. Without one the server is anonymous: tests and benchmarks only;
+    the daemon's embedded server always has one (`Bus.connect`)."""
+
+    def __init__(self, store_dir: Path, port: int | None = None, config: str | None = None) -> None:
         self.store_dir = store_dir
         self.port = port or free_port()
+        self.config = config
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -100,6 +106,10 @@ class EmbeddedNats:
             "--pid",
             str(self.store_dir / "nats-server.pid"),
         ]
+        if self.config is not None:
+            conf = self.store_dir / "nats-server.conf"
+            write_secret(conf, self.config)
+            cmd += ["-c", str(conf)]
         self.process = subprocess.Popen(
             cmd,
             stdout=subprocess.DEVNULL,

@@ -6,6 +6,7 @@ overwrite the real original with 0; they are deleted only after a verified resto
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -20,12 +21,50 @@ def pause_key(cluster: str | None) -> str:
     return f"{PAUSE_CLUSTER_PREFIX}{cluster}" if cluster else PAUSE_ALL
 
 
+PAUSE_MAX_S = 30 * 86400.0
+"""The longest `pause --for`: longer is refused; a pause meant to last is one without `for`."""
+_LAST_TS = 253402300799.0
+"""9999-12-31T23:59:59Z, the last instant a timestamp can be written as (RFC 3339, `datetime`)."""
+
+
+def pause_until(value: Any) -> float | None:
+    """A pause record's `until` as a timestamp that can be compared and written, or None: until resumed.
+
+    Total on any record read back from KV: an `until` that is not a finite number (a string, a boolean,
+    NaN, infinity) or lies past year 9999 means "until resumed". A pause only ever holds automation,
+    so reading a damaged one as still in force is the safe side: it never starts a run, and `resume`
+    lifts it.
+    """
+    return readable_timestamp(value.get("until") if isinstance(value, dict) else None)
+
+
+def readable_timestamp(raw: Any) -> float | None:
+    """`raw` as a Unix timestamp `rfc3339` can write, or None when it is not one."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    if not math.isfinite(raw) or not 0 <= raw <= _LAST_TS:
+        return None
+    return float(raw)
+
+
 def pause_in_force(value: Any, now: float) -> bool:
-    """A pause record holds until its `until` (None: until resumed)."""
+    """A pause record holds until its `until` (None or unreadable: until resumed)."""
     if not isinstance(value, dict):
         return False
-    until = value.get("until")
-    return until is None or float(until) > now
+    until = pause_until(value)
+    return until is None or until > now
+
+
+def pause_record(value: dict[str, Any]) -> dict[str, Any]:
+    """The record with its `until` made readable (`pause_until`), as every reader may format it."""
+    return {**value, "until": pause_until(value)}
+
+
+async def read_original_scale(kv: Any, cluster: str, namespace: str, kind: str, name: str) -> int | None:
+    """The baseline replicas of a workload, from any handle on the state bucket (a stand-alone prober
+    opens it read-only: its credential may not create or change buckets)."""
+    found = await Bus.kv_get(kv, f"orig.scale.{cluster}.{namespace}.{kind.lower()}.{name}")
+    return int(found[0]["replicas"]) if found else None
 
 
 class StateStore:
@@ -48,8 +87,7 @@ class StateStore:
 
     async def original_scale(self, cluster: str, namespace: str, kind: str, name: str) -> int | None:
         """Replicas recorded before our first scale-out (`orig.scale.<c>.<ns>.<kind>.<name>`)."""
-        found = await Bus.kv_get(self._kv, f"orig.scale.{cluster}.{namespace}.{kind.lower()}.{name}")
-        return int(found[0]["replicas"]) if found else None
+        return await read_original_scale(self._kv, cluster, namespace, kind, name)
 
     async def get(self, key: str) -> Any:
         found = await Bus.kv_get(self._kv, key)
@@ -76,7 +114,7 @@ class StateStore:
         for key in (pause_key(None), *([pause_key(cluster)] if cluster else [])):
             value = await self.get(key)
             if pause_in_force(value, now):
-                return key, value
+                return key, pause_record(value)
         return None
 
     async def create_if_absent(self, key: str, value: Any) -> bool:

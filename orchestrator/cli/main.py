@@ -59,7 +59,7 @@ def validate(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file.")] = None,
 ) -> None:
     """Check the config and playbooks; print `file:line: path: message` for every problem."""
-    from orchestrator.core.config import load_config
+    from orchestrator.core.config import anonymous_exposure, load_config
     from orchestrator.playbooks.loader import load_playbooks
 
     problems: list[str] = []
@@ -69,6 +69,9 @@ def validate(
             cfg = load_config(config)
         except ValidationFailed as e:
             problems.extend(str(p) for p in e.problems)
+    warning = anonymous_exposure(cfg) if cfg is not None else None
+    if warning:
+        typer.echo(f"{config}: {warning}", err=True)
     paths = list(playbook_paths or [])
     if not paths and cfg is not None:
         paths = cfg.playbook_paths()

@@ -180,7 +180,27 @@ def _cross_checks(source: Source, config: Config) -> list[Problem]:
                     f"{len(config.counted_vantages)} ({', '.join(config.counted_vantages)})",
                 )
             )
+    api = config.api
+    if api.anonymous and not api.loopback and not api.allow_anonymous:
+        problems.append(
+            source.problem(
+                ("api", "listen"),
+                f"{api.listen} is not loopback and api.tokens is empty: anyone who can reach it would be "
+                "admin; configure api.tokens (or api.allow_anonymous: true to accept that)",
+            )
+        )
     return problems
+
+
+def anonymous_exposure(config: Config) -> str | None:
+    """The warning `validate` and the daemon's start give when `api.allow_anonymous` opens the API."""
+    api = config.api
+    if not api.anonymous or api.loopback:
+        return None
+    return (
+        f"WARNING: api.allow_anonymous: the API on {api.listen} has no tokens: anyone who can reach it "
+        "is anonymous admin and can drain every cluster"
+    )
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import structlog
+
+from orchestrator.core import redact
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -15,11 +18,22 @@ _SECRET_KEYS = ("token", "secret", "password", "authorization", "signing_secret"
 
 
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Last line of defence: a field whose name says it holds a secret is never written."""
+    """Last line of defence: a field whose name says it holds a secret is never written, and no value
+    (nested details, error messages, formatted tracebacks) carries a configured secret, a secret URL
+    parameter or a credential (`core.redact`)."""
     for key in list(event):
         if any(s in key.lower() for s in _SECRET_KEYS):
             event[key] = "[redacted]"
+        elif key != "exc_info":  # the console renderer formats it, through `_traceback`
+            event[key] = redact.redact(event[key])
     return event
+
+
+def _traceback(out: TextIO, exc_info: Any) -> None:
+    """A plain traceback, redacted; never frame locals (a local may hold a token or a secret)."""
+    text = io.StringIO()
+    structlog.dev.plain_traceback(text, exc_info)
+    out.write(redact.redact_text(text.getvalue()))
 
 
 def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
@@ -28,17 +42,15 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
         structlog.processors.StackInfoRenderer(),
     ]
-    if use_json:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    if use_json:  # the traceback is text before `_redact`, so it is redacted too
+        processors += [structlog.processors.format_exc_info, _redact, structlog.processors.JSONRenderer()]
     else:
-        # never print frame locals in tracebacks: a local may hold a token or a secret
-        formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
-        processors.append(
-            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), exception_formatter=formatter)
-        )
+        processors += [
+            _redact,
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), exception_formatter=_traceback),
+        ]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

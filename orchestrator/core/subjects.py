@@ -8,6 +8,9 @@ EVENTS_ALL = "failover.events.>"
 SYSTEM_EVENTS = "failover.events.system"
 RUNS_ALL = "failover.runs.>"
 AUDIT = "failover.audit"
+INTERNAL_COMMANDS = "failover.internal.cmd"
+"""Commands a follower forwards to the leader, already authorized (`{actor, role}`, never a token);
+only daemon credentials may use it (DESIGN §12)."""
 COMMANDS = "failover.cmd"
 
 STREAM_HEALTH = "FAILOVER_HEALTH"

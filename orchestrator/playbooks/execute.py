@@ -36,19 +36,24 @@ from tenacity import (
 )
 
 from orchestrator.bus.leadership import NotLeader
+from orchestrator.core import redact
 from orchestrator.core.errors import GuardRefused, OrchestratorError, PermanentError, TemporaryError
 from orchestrator.core.models import RunEventType, rfc3339
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import REGISTRY, Preempted, Services, StepContext
 from orchestrator.playbooks.journal import Fenced, Journal
 from orchestrator.playbooks.model import RetryPolicy
-from orchestrator.playbooks.plan import fleet_view, truthy
+from orchestrator.playbooks.plan import fleet_view, step_params, truthy
 
 log = structlog.get_logger(__name__)
 
 Emit = Callable[[RunEventType, str | None, int | None, dict[str, Any]], Awaitable[None]]
 FreshContext = Callable[[], dict[str, Any]]
 
+SECRET_GONE = (
+    "its parameters held a secret, which is never journalled, and this process does not have it (the run "
+    "was resumed): it was not sent with the redacted value; run it again"
+)
 # compensations that would put traffic or capacity back: never while the cluster is still failed
 RESTORING = {"lb.restore", "lb.set_weights", "k8s.restore_scale"}
 
@@ -80,7 +85,9 @@ class RunExecutor:
         self.record = record
         self.services = services
         self.journal = journal
-        self.emit = emit
+        redact.register_config(services.config)
+        # run events carry no secret (`core.redact`)
+        self.emit: Emit = lambda kind, step, attempt, detail: emit(kind, step, attempt, redact.redact(detail))
         self.clusters = clusters
         self.preempt = preempt
         self.clock = services.clock
@@ -92,18 +99,21 @@ class RunExecutor:
         return str(self.record["id"])
 
     async def save(self) -> None:
+        """Journal the record redacted (`core.redact`): the KV never holds a secret; this process keeps
+        the values its steps send (sealed parameters, results for later templates) in `record`."""
         self.record["updated_at"] = rfc3339(self.clock.wall())
-        await self.journal.save(self.record)
+        await self.journal.save(redact.redact(self.record))
 
     def base_context(self) -> dict[str, Any]:
         plan = self.record["plan"]
+        variables = redact.unseal(plan.get("vars", {}))
         context: dict[str, Any] = {
             "event": self.record["event"],
             "clusters": fleet_view(plan, self.clusters()),
-            "vars": plan.get("vars", {}),
+            "vars": variables,
             "steps": {},
         }
-        context.update(plan.get("vars", {}))
+        context.update(variables)
         for step_id, entry in self.record["steps"].items():
             if entry.get("status") == "succeeded":
                 context["steps"][step_id] = entry.get("result")
@@ -277,14 +287,16 @@ class RunExecutor:
                 "idempotent, so it was not repeated: check whether it happened",
             )
         try:
-            raw = entry["params"] if "params" in entry else templates.render(step["with"], context)
+            raw = step_params(step, entry.get("params"), context)
+            if redact.is_masked(raw):  # `***` where a secret was (a resume in another process): never sent
+                raise NeedsAttention(step_id, f"{step['action']}: {SECRET_GONE}")
             params = action.params.model_validate(raw)
         except templates.TemplateError as e:
             raise StepFailed(step_id, str(e)) from e
         except ValidationError as e:
             errors = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             raise StepFailed(step_id, f"invalid parameters: {errors}") from e
-        entry["params"] = raw
+        entry["params"] = redact.seal(raw)  # journalled as `***`; this process keeps the value
         timeout_s = float(step.get("timeout_s") or action.default_timeout_s(params))
         # the step's deadline: absolute in the journal, monotonic here (converted once, at step start or
         # resume); a deadline that passed while no process ran the step starts a fresh timeout
@@ -292,12 +304,16 @@ class RunExecutor:
         if float(entry.get("deadline", 0)) <= wall_now:
             entry["deadline"] = wall_now + timeout_s
         step_deadline = mono_now + max(0.0, float(entry["deadline"]) - wall_now)
+        event = self.record["event"]
+        actor = self.record.get("actor")
+        if isinstance(actor, str) and actor:  # who started the run (the two-person rule of `approval`)
+            event = {**event, "actor": actor}
         ctx = StepContext(
             self.services,
             self.run_id,
             str(self.record["playbook"]),
             where,  # per item: dedup keys and messages name the item
-            self.record["event"],
+            event,
             journal=entry,
             min_healthy_clusters=int(self.guards.get("min_healthy_clusters", 1)),
             force=self.force,

@@ -33,7 +33,7 @@ import structlog
 
 from orchestrator.bus.client import Bus
 from orchestrator.bus.kv import ConflictError, nats_errors
-from orchestrator.core import subjects
+from orchestrator.core import redact, subjects
 from orchestrator.core.errors import PermanentError
 from orchestrator.core.models import RunEvent
 
@@ -151,7 +151,9 @@ class BusJournal:
             if last is None:
                 await Bus.kv_put(kv, index_key(record, run_id), {})
             try:
-                self._revisions[run_id] = await Bus.kv_cas(kv, f"run.{run_id}", record, last)
+                # the backstop: whoever saved it, no secret value reaches the bucket (DESIGN §12)
+                stored = redact.redact(record)
+                self._revisions[run_id] = await Bus.kv_cas(kv, f"run.{run_id}", stored, last)
             except ConflictError as e:
                 raise Fenced(f"run {run_id}: {e}") from e
             if not unfinished and run_id in self._marked:

@@ -3,8 +3,11 @@
 A run renders its playbook at start and journals the plan with the playbook's hash, so a resumed run
 executes exactly what was decided even if the playbooks were reloaded since. Values that refer to
 earlier steps' results (`steps`) or to the value a step replaced (`before`) cannot be known at start:
-they stay templates in the plan and are rendered when their step starts, then journalled before the
-effect.
+they stay templates in the plan (the plan lists where, `late`) and are rendered when their step starts,
+then journalled before the effect. Nothing is rendered twice: event data that contains `{{ }}` stays text.
+
+Secrets: a plan value that holds one (a configured secret, a value under a secret-looking name, a
+secret URL parameter) is sealed (`core.redact.Sealed`): the journal holds `***`, this process the value.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import jinja2
 from jinja2 import meta
 
+from orchestrator.core import redact
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.model import Playbook, Step
 
@@ -46,14 +50,95 @@ def render_early(value: Any, context: dict[str, Any], late: frozenset[str] = LAT
     return value
 
 
+Path = list[str | int]
+
+
+def _render_marking(
+    value: Any, context: dict[str, Any], late: frozenset[str], path: Path, out: list[Path]
+) -> Any:
+    """`render_early`, also listing where the late templates are (`out`)."""
+    if isinstance(value, str):
+        if is_late(value, late):
+            out.append(list(path))
+            return value
+        return templates.render_string(value, context)
+    if isinstance(value, dict):
+        return {k: _render_marking(v, context, late, [*path, k], out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_marking(v, context, late, [*path, i], out) for i, v in enumerate(value)]
+    return value
+
+
+def _seal(value: Any, templates_at: set[tuple[str | int, ...]], path: tuple[str | int, ...] = ()) -> Any:
+    """Seal the data leaves that hold a secret (`core.redact.Sealed`); the late templates stay as they
+    are (they hold no value yet: what they render to is redacted when journalled)."""
+    if path in templates_at:
+        return value
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if redact.looks_secret(str(k)) and (*path, k) not in templates_at:
+                out[k] = redact.seal(v, secret_name=True)
+            else:
+                out[k] = _seal(v, templates_at, (*path, k))
+        return out
+    if isinstance(value, list):
+        return [_seal(v, templates_at, (*path, i)) for i, v in enumerate(value)]
+    return redact.seal(value)
+
+
+def render_late(value: Any, late: list[Path] | None, context: dict[str, Any]) -> Any:
+    """A step's parameters at step start: the late templates (`late`, the plan's list of where they
+    are) rendered, everything else taken as it is, as data, and unsealed. What was rendered when the plan
+    was made is never rendered again, so `{{ }}` inside event data stays text (DESIGN §6b). A plan
+    without `late` (journalled by an older version, or a compensation's source) renders whole."""
+    value = redact.unseal(value)  # a fresh copy: the plan itself is never modified
+    if late is None:
+        return templates.render(value, context)
+    if not isinstance(late, list):
+        raise templates.TemplateError("the plan's list of late templates is not a list")
+    for path in late:
+        if not isinstance(path, list) or not path:
+            if path == [] and isinstance(value, str):
+                return templates.render_string(value, context)
+            raise templates.TemplateError(f"the plan names no template at {path!r}")
+        parent = value
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            text = parent[path[-1]]
+        except (KeyError, IndexError, TypeError):
+            raise templates.TemplateError(f"the plan names no template at {path!r}") from None
+        if not isinstance(text, str):
+            raise templates.TemplateError(f"the plan names no template at {path!r}")
+        parent[path[-1]] = templates.render_string(text, context)
+    return value
+
+
+def step_params(step: dict[str, Any], journalled: Any, context: dict[str, Any]) -> Any:
+    """A step's parameters when it starts: the ones journalled at its first attempt (an in-flight step
+    is issued again identically), unless the journal only has them redacted (a resume in another
+    process): then they are rendered again from the plan."""
+    if journalled is not None and not redact.is_masked(journalled):
+        return redact.unseal(journalled)
+    return render_late(step["with"], step.get("late"), context)
+
+
 def plan_step(step: Step, step_id: str, context: dict[str, Any]) -> dict[str, Any]:
-    """One step of the plan: its fields with everything early rendered (for_each items included)."""
+    """One step of the plan: its fields with everything early rendered (for_each items included).
+
+    `late` lists where the templates left for step start are: only those render then, so a value
+    rendered now is data from here on, whatever it contains. Data leaves that hold a secret are sealed:
+    the journal shows `***`, the step in this process sends the value."""
     # inside for_each, `item` exists only per item at step start
     late = LATE_NAMES | {"item"} if step.for_each is not None else LATE_NAMES
+    late_paths: list[Path] = []
+    rendered = _render_marking(step.with_, context, late, [], late_paths)
     entry: dict[str, Any] = {
         "id": step_id,
         "action": step.action,
-        "with": render_early(step.with_, context, late),
+        "with": _seal(rendered, {tuple(p) for p in late_paths}),
+        "late": late_paths,
         "timeout_s": step.timeout_s,
         "retry": step.retry.model_dump() if step.retry else None,
         "verify": step.verify,
@@ -94,7 +179,7 @@ def render_plan(playbook: Playbook, event: dict[str, Any], clusters: list[dict[s
             for i, step in enumerate(playbook.on_failure.steps)
         ]
     return {
-        "vars": variables,
+        "vars": _seal(variables, set()),  # a run's templates see them unsealed (`redact.unseal`)
         "steps": steps,
         "on_failure": on_failure,
         "guards": playbook.guards.model_dump(mode="json"),

@@ -23,7 +23,7 @@ from orchestrator.api.server import ApiServer, build_app
 from orchestrator.bus.client import Bus
 from orchestrator.bus.leadership import Leadership, StateDirLock
 from orchestrator.bus.state import StateStore
-from orchestrator.core import subjects
+from orchestrator.core import redact, subjects
 from orchestrator.core.aio import Supervisor
 from orchestrator.core.config import Config
 from orchestrator.core.errors import OrchestratorError, TemporaryError
@@ -94,6 +94,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
+        redact.register_config(config)  # from the first log line on, no configured secret is shown
         playbooks = load_playbooks(config.playbook_paths(), config)  # refuse bad playbooks before anything
         if config.nats.url is None:  # embedded NATS: one replica only, enforced on the state dir
             self._lock = StateDirLock(config.state_path)

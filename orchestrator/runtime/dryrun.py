@@ -23,6 +23,7 @@ from orchestrator.actuators.registry import build_balancer
 from orchestrator.actuators.scale import ScaleActuator
 from orchestrator.bus.client import Bus
 from orchestrator.bus.state import MemoryStateStore, StateStore
+from orchestrator.core import redact
 from orchestrator.core.config import Config
 from orchestrator.core.durations import format_duration
 from orchestrator.core.errors import OrchestratorError, PermanentError
@@ -31,7 +32,7 @@ from orchestrator.kube.client import KubeClients
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import REGISTRY, Services, StepContext
 from orchestrator.playbooks.loader import load_playbooks
-from orchestrator.playbooks.plan import LATE_NAMES, is_late, render_early, render_plan
+from orchestrator.playbooks.plan import LATE_NAMES, is_late, render_early, render_late, render_plan
 
 STATE_AFTER = {
     "cluster.failed": "failed",
@@ -190,9 +191,9 @@ async def _steps(
         for item in items if items is not None else [None]:
             item_context = {**context, "item": item} if item is not None else context
             try:  # fully, when the late names are known here (on_failure's placeholders)
-                raw = templates.render(step["with"], item_context)
+                raw = render_late(step["with"], step.get("late"), item_context)
             except templates.TemplateError:
-                raw = render_early(step["with"], item_context, LATE_NAMES)
+                raw = render_early(redact.unseal(step["with"]), item_context, LATE_NAMES)
             shown = json.dumps(raw)
             out(
                 f"       with {shown}"

@@ -9,7 +9,8 @@ import signal
 import structlog
 
 from orchestrator.bus.client import Bus
-from orchestrator.bus.state import StateStore
+from orchestrator.bus.natsauth import prober_inbox
+from orchestrator.bus.state import read_original_scale
 from orchestrator.core.config import Config
 from orchestrator.core.config_clusters import VANTAGE_RE
 from orchestrator.core.errors import PermanentError
@@ -18,7 +19,8 @@ from orchestrator.probes.prober import Prober
 log = structlog.get_logger(__name__)
 
 
-async def run_prober(config: Config, vantage: str | None) -> None:
+async def run_prober(config: Config, vantage: str | None, stop: asyncio.Event | None = None) -> None:
+    """Probe and publish until SIGTERM/SIGINT (or `stop`, for tests and embedding)."""
     if config.nats.url is None:
         raise PermanentError("a stand-alone prober needs nats.url: it reports to the orchestrator's NATS")
     name = vantage or config.probing.vantage
@@ -33,16 +35,21 @@ async def run_prober(config: Config, vantage: str | None) -> None:
             vantages=config.counted_vantages,
             hint="the orchestrator drops these reports: add this vantage to detection.vantages",
         )
-    bus = await Bus.connect(config.nats, config.state_path, name=f"failover-probe-{vantage or ''}")
-    stop = asyncio.Event()
+    nats = config.nats
+    if nats.inbox_prefix == "_INBOX":  # a prober's credential may read only its own replies
+        nats = nats.model_copy(update={"inbox_prefix": prober_inbox(name)})
+    bus = await Bus.connect(nats, config.state_path, name=f"failover-probe-{name}")
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        await bus.ensure_topology()  # idempotent; the KV holds the scale baselines kube_workload needs
-        await Prober(config, bus.publish_live, vantage=name, baseline=StateStore(bus).original_scale).run(
-            stop
-        )
+        state = await bus.state_bucket()  # the scale baselines kube_workload needs; read-only
+
+        async def baseline(cluster: str, namespace: str, kind: str, workload: str) -> int | None:
+            return await read_original_scale(state, cluster, namespace, kind, workload)
+
+        await Prober(config, bus.publish_live, vantage=name, baseline=baseline).run(stop)
     finally:
         await bus.close()

@@ -1,5 +1,7 @@
 """Effects on other systems: `http` and `nats.publish`. Neither is idempotent: if the daemon dies while
-one is in flight, the run asks a human instead of sending it again."""
+one is in flight, the run asks a human instead of sending it again. An `http` result keeps the status
+only, unless the step asks for the body (`capture_body`); headers and URLs are redacted where they are
+written down (`core.redact`)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ class HttpParams(Params):
     """JSON-encoded when not a string."""
     expect_status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
     timeout_s: Seconds = Field(default=10.0, alias="timeout", gt=0)
+    capture_body: bool = False
+    """Keep (up to 2,000 characters of) the response body in the result, hence in the journal and run
+    events. Off by default: a body may echo a credential."""
 
 
 @register
@@ -60,7 +65,7 @@ class Http(Action):
             if status >= 500 or status == 429:
                 raise TemporaryError(message)
             raise PermanentError(message)
-        return {"status": status, "body": text[:2000]}
+        return {"status": status, "body": text[:2000]} if params.capture_body else {"status": status}
 
     async def describe(self, ctx: StepContext, params: HttpParams) -> list[str]:
         return [f"{params.method} {params.url}"]

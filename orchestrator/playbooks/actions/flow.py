@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from orchestrator.core.config_fields import Seconds
 from orchestrator.core.errors import PermanentError
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions.base import Action, Params, Preempted, StepContext, register
+from orchestrator.playbooks.approvals import Rule
 from orchestrator.playbooks.plan import truthy
 
 
@@ -78,14 +79,29 @@ class WaitFor(Action):
 class ApprovalParams(Params):
     approvers: list[str] = []
     """Names of API tokens, or `role:operator` / `role:admin`; empty: any operator."""
+    min_approvals: int = Field(default=1, ge=1, le=10)
+    """How many distinct approvers must say yes (one deny ends the wait)."""
+    distinct_from_initiator: bool = True
+    """The two-person rule: whoever started the run (`actor`) cannot approve it."""
     timeout_s: Seconds = Field(default=900.0, alias="timeout", gt=0)
     on_timeout: Literal["proceed", "abort"] = "abort"
     summary: str = ""
 
+    @model_validator(mode="after")
+    def _reachable(self) -> ApprovalParams:
+        names = {a for a in self.approvers if not a.startswith("role:")}
+        if self.approvers and len(names) == len(self.approvers) and len(names) < self.min_approvals:
+            raise ValueError(
+                f"min_approvals {self.min_approvals} can never be met by {len(names)} named approver(s)"
+            )
+        return self
+
 
 @register
 class Approval(Action):
-    """Wait for `approve RUN` / `deny RUN`; records who decided. Waiting again after a restart is safe."""
+    """Wait for `approve RUN` / `deny RUN` (DESIGN §14): `min_approvals` distinct approvers, never the
+    run's initiator unless `distinct_from_initiator: false`; one deny ends it. Approvals collected so far
+    are journalled, so waiting again after a restart keeps them."""
 
     name = "approval"
     params = ApprovalParams
@@ -98,10 +114,26 @@ class Approval(Action):
         if book is None:
             raise PermanentError("approvals are not available in this process")
         deadline = ctx.deadline("until", params.timeout_s)
+        initiator = ctx.event.get("actor")
+        rule = Rule(
+            tuple(params.approvers),
+            params.min_approvals,
+            initiator if params.distinct_from_initiator and isinstance(initiator, str) else None,
+        )
         ctx.journal["waiting_approval"] = True
         await ctx.save()
+        before = [
+            (str(a["by"]), float(a["at"]))
+            for a in ctx.journal.get("approvals") or []
+            if isinstance(a, dict) and "by" in a and "at" in a
+        ]
+
+        async def progress(approvals: list[dict[str, object]]) -> None:
+            ctx.journal["approvals"] = approvals
+            await ctx.save()
+
         waiting = asyncio.ensure_future(
-            book.wait(ctx.run_id, tuple(params.approvers), ctx.clock.left(deadline))
+            book.wait(ctx.run_id, rule, ctx.clock.left(deadline), approved=before, progress=progress)
         )
         preempted = asyncio.ensure_future(ctx.preempt.wait())
         try:  # a failure of this cluster does not wait for a human to answer (DESIGN §12)
@@ -119,11 +151,24 @@ class Approval(Action):
             if params.on_timeout == "proceed":
                 return {"approved": None, "timed_out": True, "proceeded": True}
             raise PermanentError(f"no approval within {params.timeout_s:g}s (on_timeout: abort)")
-        result = {"approved": decision.approved, "by": decision.actor, "at": decision.at}
+        result = {
+            "approved": decision.approved,
+            "by": decision.actor,
+            "at": decision.at,
+            "approvals": list(decision.approvals),
+        }
         if not decision.approved:
             raise PermanentError(f"denied by {decision.actor}")
         return result
 
     async def describe(self, ctx: StepContext, params: ApprovalParams) -> list[str]:
         who = ", ".join(params.approvers) or "any operator"
-        return [f"wait for approval by {who} (at most {params.timeout_s:g}s, then {params.on_timeout})"]
+        count = "approval" if params.min_approvals == 1 else f"{params.min_approvals} distinct approvals"
+        initiator = ctx.event.get("actor")
+        if params.distinct_from_initiator:
+            rule = f"not {initiator}, who asked" if isinstance(initiator, str) else "not the initiator"
+        else:
+            rule = "the initiator may approve"
+        return [
+            f"wait for {count} by {who} ({rule}; at most {params.timeout_s:g}s, then {params.on_timeout})"
+        ]
