@@ -22,7 +22,8 @@ class Metrics:
         self.reports_dropped = Counter(
             "failover_reports_dropped",
             "Valid reports dropped before the detector: unknown_vantage (not in detection.vantages), "
-            "stale (made longer than stale_after ago, e.g. buffered through a NATS outage)",
+            "unknown_cluster, unknown_probe (not configured), stale (made longer than stale_after ago, "
+            "e.g. buffered through a NATS outage), future (stamped more than stale_after ahead)",
             ["reason"],
             registry=r,
         )

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
@@ -38,18 +38,33 @@ class Message(BaseModel):
         return self.model_dump_json(by_alias=True).encode()
 
 
-class HealthReport(Message):
-    """`failover.health.<vantage>.<cluster>.<probe>`: one probe result from one vantage point."""
+SUBJECT_TOKEN = r"^[A-Za-z0-9_-]+$"
+"""One NATS subject token: no dots, wildcards, spaces or control characters."""
+DETAIL_LIMIT = 1024
+"""Longer details are cut: they travel into evidence, events and notifications."""
 
-    cluster: str = Field(min_length=1, max_length=63)
-    probe: str = Field(min_length=1, max_length=63)
-    vantage: str = Field(min_length=1, max_length=253)
+
+def _cut_detail(value: object) -> object:
+    return value[:DETAIL_LIMIT] if isinstance(value, str) else value
+
+
+class HealthReport(Message):
+    """`failover.health.<vantage>.<cluster>.<probe>`: one probe result from one vantage point.
+
+    Anyone able to publish on the bus can send one, so every field is bounded: names are single subject
+    tokens (as the config requires of them), numbers are finite, `ts` carries its zone (RFC 3339; a
+    zoneless time would be read in the daemon's local zone, and year 1 then raised), and `detail` is cut
+    rather than refused so that a prober's long error message still reports."""
+
+    cluster: str = Field(min_length=1, max_length=63, pattern=SUBJECT_TOKEN)
+    probe: str = Field(min_length=1, max_length=63, pattern=SUBJECT_TOKEN)
+    vantage: str = Field(min_length=1, max_length=64, pattern=SUBJECT_TOKEN)
     boot_id: str = Field(min_length=1, max_length=64)
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, lt=2**63)
     ok: bool
-    latency_ms: float = Field(ge=0)
-    detail: str = ""
-    ts: datetime
+    latency_ms: float = Field(ge=0, allow_inf_nan=False)
+    detail: Annotated[str, BeforeValidator(_cut_detail)] = ""
+    ts: AwareDatetime
 
 
 ClusterEventType = Literal["cluster.failed", "cluster.degraded", "cluster.recovered", "cluster.unknown"]

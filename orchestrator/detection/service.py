@@ -2,7 +2,9 @@
 
 Health reports are consumed live, without acknowledgements (DESIGN §5). A report that does not parse,
 or whose subject does not match its body, is counted in `failover_malformed_messages_total` and dropped:
-input from the network never raises into this loop. The reactor acts only on transitions made here by
+input from the network never raises into this loop. A valid report counts only when `admission` says
+so (listed vantage, configured target, made around its receipt); otherwise it is counted in
+`failover_reports_dropped_total{reason}`. The reactor acts only on transitions made here by
 our own detector, never on event messages someone else published on the bus (DESIGN §2.7).
 
 Restart without amnesia (DESIGN §6): cluster states and the observer guard are persisted in KV
@@ -28,6 +30,7 @@ from orchestrator.core.clock import steady_wall
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.metrics import Metrics
 from orchestrator.core.models import ClusterEvent, HealthReport, SystemEvent
+from orchestrator.detection.admission import Admission
 from orchestrator.detection.machine import DetectorState, Resume, Tick, transition
 from orchestrator.detection.outputs import Output, Signal, Transition
 from orchestrator.detection.snapshots import guard_snapshot, restore, snapshot
@@ -58,17 +61,8 @@ class DetectionService:
         self.clock = clock
         self.is_leader = is_leader
         """Followers decide exactly as the leader does, but only the leader publishes and persists."""
-        listed = state.settings.vantages
-        self.vantages: frozenset[str] | None = frozenset(listed) if listed is not None else None
-        """`detection.vantages`: reports from any other vantage are counted and dropped (DESIGN §12)."""
-        self.own_vantage = own_vantage
-        self.daemon_vantages = daemon_vantages
-        """The names the daemon's replicas report under (learnt from the lease, which only the daemon's
-        credential can write): the management cluster's probing is one vantage whatever the replicas
-        are called, so their reports are counted as `own_vantage`."""
-        self._stale_logged: set[str] = set()
-        self.unlisted: dict[str, float] = {}
-        """Unlisted vantage -> when it last reported (monotonic), for /api/v1/status."""
+        self.admission = Admission(state, metrics, own_vantage, daemon_vantages)
+        """Which valid reports count: listed vantages, configured targets, made around their receipt."""
         self.consuming = False
         self.started = asyncio.Event()
         """Set once state is rebuilt (KV + replay) and live reports are being applied."""
@@ -139,7 +133,7 @@ class DetectionService:
             subjects.STREAM_HEALTH, subjects.HEALTH_ALL, window
         ):
             report = self._parse(subject, data, count=False)
-            admitted = self._admit(report, count=False) if report is not None else None
+            admitted = self.admission.admit(report, stored_at, count=False) if report else None
             if admitted is not None:
                 self._apply(admitted, stored_at)
                 replayed += 1
@@ -166,53 +160,14 @@ class DetectionService:
         report = self._parse(subject, data)
         if report is None:
             return
-        now = self.clock()
-        age_s = time.time() - report.ts.timestamp()  # against the prober's clock
-        if age_s > self.state.settings.stale_after_s:
-            # made long ago: buffered by a publisher through a NATS outage, or a replay. Old news is not
-            # fresh evidence; the stream replay on start is the only place history is applied.
-            self.metrics.reports_dropped.labels(reason="stale").inc()
-            if report.vantage not in self._stale_logged and len(self._stale_logged) < 1000:
-                self._stale_logged.add(report.vantage)  # once per vantage: a skewed clock shows here
-                log.warning(
-                    "health.stale_dropped",
-                    vantage=report.vantage[:100],
-                    age_s=round(age_s, 1),
-                    hint="reports older than stale_after are dropped; check this prober's clock (NTP)",
-                )
-            return
-        admitted = self._admit(report)
+        admitted = self.admission.admit(report, time.time())  # against the prober's clock
         if admitted is not None:
             (self._ok_reports if admitted.ok else self._failed_reports).inc()
-            self._apply(admitted, now)
-
-    def _admit(self, report: HealthReport, count: bool = True) -> HealthReport | None:
-        """The report as the detector should see it, or None when its vantage does not count."""
-        vantage = report.vantage
-        if self.own_vantage is not None and vantage != self.own_vantage and vantage in self.daemon_vantages():
-            # another replica's in-process prober: the management cluster is one vantage
-            report = report.model_copy(update={"vantage": self.own_vantage})
-            vantage = report.vantage
-        if self.vantages is None or vantage in self.vantages:
-            return report
-        if count:
-            self.metrics.reports_dropped.labels(reason="unknown_vantage").inc()
-            if vantage not in self.unlisted:
-                log.warning(
-                    "health.unlisted_vantage",
-                    vantage=vantage[:100],
-                    hint="its reports do not count: add it to detection.vantages",
-                    listed=sorted(self.vantages),
-                )
-            self.unlisted[vantage] = time.monotonic()
-            if len(self.unlisted) > 1000:  # bounded: anyone able to publish could invent names
-                del self.unlisted[min(self.unlisted, key=self.unlisted.__getitem__)]
-        return None
+            self._apply(admitted, self.clock())
 
     def unlisted_vantages(self, within_s: float = 3600.0) -> list[str]:
         """Vantages not in detection.vantages that reported recently: a forgotten prober is never silent."""
-        now = time.monotonic()
-        return sorted(v for v, seen in self.unlisted.items() if now - seen <= within_s)
+        return self.admission.unlisted_vantages(within_s)
 
     def _parse(self, subject: str, data: bytes, count: bool = True) -> HealthReport | None:
         try:

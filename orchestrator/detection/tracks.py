@@ -42,15 +42,22 @@ def accepts(state: DetectorState, report: HealthReport) -> bool:
 
 
 def steady(state: DetectorState, report: HealthReport) -> bool:
-    """A passing report that cannot change anything: the cluster is healthy and this track was already
-    past its success threshold with no latency limit in question. Skipping the evaluation here is what
-    keeps a large healthy fleet cheap."""
+    """A report that cannot change anything, so the cluster need not be evaluated (an evaluation looks
+    at every vantage's tracks of the cluster: with many vantages, the cost of each report):
+    - passing, the cluster healthy, this track already past its success threshold, no latency limit in
+      question: what keeps a large healthy fleet cheap;
+    - failing, the cluster failed (sticky), this track already past its failure threshold: the vantage
+      was already counted failing, and what time changes (freshness, holds) the next tick evaluates.
+    """
     cluster = state.clusters[report.cluster]
-    if not report.ok or cluster.status != "healthy" or state.frozen:
+    if state.frozen:
         return False
     track = cluster.tracks[(report.probe, report.vantage)]
+    if not report.ok:
+        return cluster.status == "failed" and track.consecutive_fail > state.settings.failure_threshold
     return (
-        track.consecutive_ok > state.settings.success_threshold
+        cluster.status == "healthy"
+        and track.consecutive_ok > state.settings.success_threshold
         and state.probes[report.cluster][report.probe].latency_limit_ms is None
     )
 
