@@ -4,11 +4,14 @@ every start, and `failover-runs/run.junk` = `[1,2]` made `/api/v1/runs` answer 5
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from orchestrator.bus.client import Bus
 from orchestrator.bus.embedded import EmbeddedNats
@@ -108,3 +111,46 @@ def test_record_schemas_accept_what_the_daemon_writes_and_refuse_the_rest() -> N
     }
     for (bucket, key), value in bad.items():
         assert check(bucket, key, value), (key, json.dumps(value, default=str))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(
+    ["cluster.a", "freeze", "pause", "pause.cluster.a", "orig.lb.g.a", "desired.lb.g.a",
+     "orig.scale.a.ns.deployment.web", "guard.pb.a"]
+)  # fmt: skip
+RAW = st.one_of(
+    JSON.map(lambda v: json.dumps(v).encode()),
+    st.builds(lambda fields: json.dumps(fields).encode(), st.fixed_dictionaries({"status": JSON})),
+    st.binary(max_size=64),
+)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=KEYS, raw=RAW)
+def test_fuzz_any_value_read_back_is_valid_or_absent(
+    nats_server: EmbeddedNats, tmp_path: Path, key: str, raw: bytes
+) -> None:
+    """Whatever bytes sit under a state key, reading it gives a record its schema accepts or nothing:
+    never an exception, never a value the readers would choke on."""
+
+    async def scenario() -> None:
+        bus = await Bus.connect(NatsConfig(url=nats_server.url), tmp_path, name="fuzz")
+        try:
+            await bus.ensure_topology()
+            await bus.kv.state.put(key, raw)
+            found = await Bus.kv_get(bus.kv.state, key)
+            if found is not None:
+                assert check("failover-state", key, found[0]) is None
+                assert json.loads(raw) == found[0]
+            elif raw:  # moved aside, bytes intact (an empty value reads as absent)
+                aside = await Bus.kv_items(bus.kv.state, f"quarantine.failover-state.{key}.")
+                latest = max(aside.values(), key=lambda a: int(a["revision"]))
+                assert latest["raw"] == raw.decode("utf-8", errors="replace")[:4096]
+        finally:
+            await bus.close()
+
+    asyncio.run(scenario())
