@@ -5,7 +5,6 @@ during a sleep, a poll or an approval neither shortens nor stretches it."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -13,7 +12,7 @@ from pydantic import Field, model_validator
 from orchestrator.core.config_fields import Seconds
 from orchestrator.core.errors import PermanentError
 from orchestrator.playbooks import templates
-from orchestrator.playbooks.actions.base import Action, Params, Preempted, StepContext, register
+from orchestrator.playbooks.actions.base import Action, Params, StepContext, register
 from orchestrator.playbooks.approvals import Rule
 from orchestrator.playbooks.plan import truthy
 
@@ -132,20 +131,10 @@ class Approval(Action):
             ctx.journal["approvals"] = approvals
             await ctx.save()
 
-        waiting = asyncio.ensure_future(
+        # a failure of this cluster does not wait for a human to answer (DESIGN §12)
+        decision = await ctx.preemptible(
             book.wait(ctx.run_id, rule, ctx.clock.left(deadline), approved=before, progress=progress)
         )
-        preempted = asyncio.ensure_future(ctx.preempt.wait())
-        try:  # a failure of this cluster does not wait for a human to answer (DESIGN §12)
-            await asyncio.wait([waiting, preempted], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for future in (waiting, preempted):
-                if not future.done():
-                    future.cancel()
-            await asyncio.gather(waiting, preempted, return_exceptions=True)
-        if not waiting.done() or waiting.cancelled():
-            raise Preempted(f"preempted while {ctx.step} waited for an approval")
-        decision = waiting.result()
         ctx.journal.pop("waiting_approval", None)
         if decision is None:
             if params.on_timeout == "proceed":
