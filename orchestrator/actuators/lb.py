@@ -233,7 +233,10 @@ class BalancerActuator:
                     # the NATS writes above took time: the cluster may have failed meanwhile, and the
                     # driver fences again right before each write
                     self._check_not_raising_failed(current, apply, force)
-                    await self.balancer.set_weights(apply, fence=self.fence)
+                    # only the instances that do not hold the value yet, and those that did not answer
+                    # (a retried drain sends nothing again to the instance it already reached)
+                    stale = {a for c, w in apply.items() for a in view.off(c, w)} | set(view.unreadable)
+                    await self.balancer.set_instance_weights(apply, stale, fence=self.fence)
                 except PermanentError:  # GuardRefused included: nothing was sent
                     await self._withdraw_intent(replaced)
                     raise
