@@ -7,6 +7,7 @@ Pure functions with no I/O, shared by the route handlers, the route wrapper and 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -91,6 +92,7 @@ def run_summary(record: Mapping[str, Any]) -> dict[str, Any]:
         "error": opt_str(record.get("error")),
         "failed_step": opt_str(record.get("failed_step")),
         "steps": steps,
+        "timeline": record.get("timeline") if isinstance(record.get("timeline"), dict) else None,
     }
 
 
@@ -127,6 +129,10 @@ def check_command(body: Any) -> tuple[str, dict[str, Any]]:
             ok = ok and schema.get("minimum", value) <= value <= schema.get("maximum", value)
         elif kind == "boolean":
             ok = isinstance(value, bool)
+        elif kind == "number":
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind == "object":
+            ok = isinstance(value, dict)
         else:
             ok = isinstance(value, str) and len(value) >= schema.get("minLength", 0)
             ok = ok and ("pattern" not in schema or re.match(schema["pattern"], value) is not None)

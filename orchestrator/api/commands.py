@@ -27,7 +27,7 @@ from orchestrator.core import jsonlimits, redact, subjects
 from orchestrator.core.config import Config
 from orchestrator.core.durations import parse_duration
 from orchestrator.core.errors import OrchestratorError
-from orchestrator.core.models import AuditRecord, rfc3339
+from orchestrator.core.models import AuditRecord, SystemEvent, rfc3339
 from orchestrator.playbooks.approvals import ROLES, ApprovalBook
 from orchestrator.playbooks.journal import PAGE_DEFAULT, PAGE_MAX, UnknownRun
 from orchestrator.playbooks.runner import Runner
@@ -73,6 +73,7 @@ REQUIRED_ROLE = {
     "resume": "operator",
     "approve": "operator",
     "deny": "operator",
+    "drill": "operator",
 }
 
 
@@ -109,6 +110,7 @@ class Commands:
             "resume": self._resume,
             "approve": self._approve,
             "deny": self._deny,
+            "drill": self._drill,
         }
 
     def authenticate(self, token: str | None, via: str) -> Caller:
@@ -358,6 +360,29 @@ class Commands:
         if key == PAUSE_ALL:
             await self.resume_detector(caller.actor)  # also lifts an observer-guard freeze
         return {"resumed": key}
+
+    async def _drill(self, caller: Caller, args: dict[str, Any]) -> Any:
+        """`failover drill` announces itself: `drill.started` / `drill.finished` system events (the
+        command is audited like every other), so a drill is never mistaken for an incident."""
+        phase, fault = str(args.get("phase")), str(args.get("fault"))
+        if phase not in ("started", "finished") or fault not in ("scale-to-zero", "deny-ingress"):
+            raise CommandError(
+                "drill: phase is started or finished; fault is scale-to-zero or deny-ingress", 400
+            )
+        cluster = self._cluster_arg(args)
+        outcome = args.get("outcome")
+        kind = f"drill.{phase}"
+        detail: dict[str, Any] = {
+            "cluster": cluster,
+            "fault": fault,
+            "by": caller.actor,
+            **{k: args[k] for k in ("outcome", "recovery_s", "timeline") if k in args},
+        }
+        reason = f"{fault} drill on {cluster} by {caller.actor} {phase}" + (f": {outcome}" if outcome else "")
+        await self.bus.publish_durable(
+            subjects.SYSTEM_EVENTS, SystemEvent(type=kind, reason=reason, detail=detail).to_json()
+        )
+        return {"event": kind}
 
     async def _decide(self, caller: Caller, args: dict[str, Any], approved: bool) -> Any:
         run_id = str(args.get("run") or args.get("id") or "")

@@ -15,6 +15,8 @@ from typing import Any
 
 import jinja2
 
+from orchestrator.playbooks import timeline
+
 ACTIVE = ("running", "delayed")
 
 
@@ -28,7 +30,16 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["ts"] = short_time
+    env.filters["recovery"] = recovery
     return env
+
+
+def recovery(marks: Mapping[str, Any] | None) -> str:
+    """A run's recovery timeline (DESIGN §15) as its stage durations: `detect 0.402s · decide ...`
+    (the script computes the same from `timeline.STAGES`, which the page carries)."""
+    if not isinstance(marks, Mapping):
+        return ""
+    return " · ".join(f"{stage} {seconds:.3f}s" for stage, seconds in timeline.stages(marks).items())
 
 
 def short_time(value: str | None) -> str:
@@ -69,6 +80,7 @@ def render(
             active=active,
             recent=recent,
             approvals=approvals,
+            stages=[list(stage) for stage in timeline.STAGES],
             nonce=nonce,
         )
     )

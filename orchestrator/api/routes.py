@@ -83,6 +83,14 @@ COMMAND_ARGS: dict[str, dict[str, tuple[dict[str, Any], bool]]] = {
     "resume": {"cluster": ({"type": "string", "minLength": 1, "description": "omit: all automation"}, False)},
     "approve": {"run": ({"type": "string", "pattern": RUN_ID_PATTERN}, True)},
     "deny": {"run": ({"type": "string", "pattern": RUN_ID_PATTERN}, True)},
+    "drill": {
+        "phase": ({"type": "string", "pattern": "^(started|finished)$"}, True),
+        "cluster": ({"type": "string", "minLength": 1}, True),
+        "fault": ({"type": "string", "pattern": "^(scale-to-zero|deny-ingress)$"}, True),
+        "outcome": ({"type": "string"}, False),
+        "recovery_s": ({"type": "number"}, False),
+        "timeline": ({"type": "object"}, False),
+    },
 }
 assert set(COMMAND_ARGS) == set(REQUIRED_ROLE), "every command needs its argument schema"
 
@@ -178,6 +186,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "error": _NULLABLE_STRING,
             "failed_step": _NULLABLE_STRING,
             "steps": {"type": "array", "items": _ref("Step")},
+            "timeline": {
+                "type": ["object", "null"],
+                "description": "recovery marks (DESIGN §15): first_failure_at, quorum_at, event_at, ...",
+            },
         },
         "required": ["id", "playbook", "status", "steps"],
     },

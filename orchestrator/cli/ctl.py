@@ -198,6 +198,22 @@ def show_run(record: dict[str, Any]) -> None:
             str(detail),
         )
     console.print(table)
+    marks = record.get("timeline")
+    if isinstance(marks, dict) and marks:
+        show_timeline(marks)
+
+
+def show_timeline(marks: dict[str, Any]) -> None:
+    """The recovery timeline (DESIGN §15): each mark, its offset from the first failure, and the stage
+    that ends there."""
+    from orchestrator.playbooks.timeline import table as timeline_rows
+
+    table = _table("TIMELINE", "AT", "OFFSET", "STAGE")
+    for row in timeline_rows(marks):
+        table.add_row(*row)
+    console = _console()
+    console.print()
+    console.print(table)
 
 
 def _say(text: str) -> Callable[[Any], None]:

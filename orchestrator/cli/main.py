@@ -160,6 +160,47 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command()
+def drill(
+    config: ConfigOpt,
+    cluster: Annotated[str, typer.Option("--cluster", help="The cluster to fault.")],
+    fault: Annotated[str, typer.Option("--fault", help="scale-to-zero | deny-ingress")],
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="Default: the cluster's kube_workload probe.")
+    ] = None,
+    deployment: Annotated[
+        str | None, typer.Option("--deployment", help="Default: the cluster's kube_workload probe.")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Really inject the fault.")] = False,
+    timeout: Annotated[str, typer.Option("--timeout", help="Fault to failover finished.")] = "5m",
+    recovery_timeout: Annotated[
+        str, typer.Option("--recovery-timeout", help="Fault removed to failback finished.")
+    ] = "5m",
+    api: Annotated[
+        str | None, typer.Option("--api", envvar="FAILOVER_API", help="Default: the config's api.listen.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="FAILOVER_TOKEN", show_default=False, help="Operator.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Inject a reversible fault in a real cluster, measure the failover and the failback, undo it."""
+    from orchestrator.cli import drill as drills
+    from orchestrator.core.durations import parse_duration
+    from orchestrator.runtime.drill import FAULTS
+
+    if fault not in FAULTS:
+        raise typer.BadParameter(f"must be one of {', '.join(FAULTS)}", param_hint="--fault")
+    try:
+        timeout_s, recovery_s = parse_duration(timeout), parse_duration(recovery_timeout)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    cfg = _load(config)
+    target = ctl.Target(api or drills.api_url(cfg), token or None, json_out)
+    code = drills.main(cfg, cluster, fault, namespace, deployment, yes, timeout_s, recovery_s, target)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     try:
         app()

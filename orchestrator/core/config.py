@@ -19,6 +19,7 @@ from orchestrator.core.config_clusters import ClusterConfig, DetectionConfig, Pr
 from orchestrator.core.config_daemon import (
     ApiConfig,
     ChatopsConfig,
+    DrillScheduleConfig,
     LeadershipConfig,
     NatsConfig,
     PlaybooksConfig,
@@ -45,6 +46,7 @@ class Config(Model):
     leadership: LeadershipConfig = LeadershipConfig()
     chatops: ChatopsConfig = ChatopsConfig()
     runs: RunsConfig = RunsConfig()
+    drills: list[DrillScheduleConfig] = []
 
     base_dir: str = Field(default=".", exclude=True)
     """Directory of the config file: relative paths in it (state_dir, playbooks) resolve from here."""
@@ -165,6 +167,20 @@ def _cross_checks(source: Source, config: Config) -> list[Problem]:
                     f"(available: {', '.join(sorted(IMPLEMENTED_NOTIFIERS))})",
                 )
             )
+    unique([d.name for d in config.drills], "drills")
+    for di, drill in enumerate(config.drills):
+        for ci, name in enumerate(drill.clusters):
+            found = next((c for c in config.clusters if c.name == name), None)
+            if found is None or found.kubernetes is None:
+                why = "unknown cluster" if found is None else "a cluster without `kubernetes:`"
+                problems.append(source.problem(("drills", di, "clusters", ci), f"{why} {name!r}"))
+            elif drill.deployment is None and not any(p.kube_workload for p in found.probes):
+                problems.append(
+                    source.problem(
+                        ("drills", di, "clusters", ci),
+                        f"{name!r} has no kube_workload probe: give the drill namespace and deployment",
+                    )
+                )
     vantages = config.detection.vantages or []
     for vantage in {v for v in vantages if vantages.count(v) > 1}:
         problems.append(source.problem(("detection", "vantages"), f"{vantage!r} is listed twice"))

@@ -64,6 +64,27 @@ class FlapConfig(Model):
     window_s: Seconds = Field(default=600.0, alias="window", gt=0)
 
 
+class FailureRatioConfig(Model):
+    """`detection.failure_ratio` (DESIGN §6, intermittent failure): consecutive counts never see an app
+    that is down half the time in short bursts (measured: down 2 s of every 4 s for 40 s gave no
+    transition at all), so a vantage also sees a probe failing when at least `threshold` of its rounds
+    in `window` failed."""
+
+    threshold: float = Field(default=0.5, gt=0, le=1)
+    """At 0.5 a healthy probe that drops a round now and then is far below it; a cluster failing half
+    of its requests is at it."""
+    window_s: Seconds = Field(default=20.0, alias="window", gt=0)
+    min_rounds: int = Field(default=10, ge=1)
+    """Rounds the window must hold before the ratio counts: a prober that has just started (a new
+    boot's window starts empty) is judged by consecutive counts alone. Keep it at most window /
+    interval, or the rule never fires."""
+
+
+def _no_ratio(value: object) -> object:
+    """`failure_ratio: false` reads as `null`: the rule is off."""
+    return None if value is False else value
+
+
 MAX_VANTAGES = 100
 """Quorum over more observers than this adds no confidence, only cost on the event loop."""
 
@@ -78,6 +99,9 @@ class DetectionConfig(Model):
     """Healthy this long before failback, so a cluster that bounces is not handed traffic twice."""
     max_failed_fraction: float = Field(default=0.5, gt=0, le=1)
     flap: FlapConfig = FlapConfig()
+    failure_ratio: Annotated[FailureRatioConfig | None, BeforeValidator(_no_ratio)] = FailureRatioConfig()
+    """Intermittent failure, on by default; `null` (or `false`) turns it off. A cluster it fails then
+    recovers like a flapping one (twice `recovery_hold`, and the ratio back under the threshold)."""
     vantages: list[Vantage] | None = Field(default=None, min_length=1, max_length=MAX_VANTAGES)
     """The vantages whose reports count (DESIGN §12); `quorum: majority` is the majority of this list,
     so vantages that went silent can never lower the quorum. Reports from any other vantage are counted

@@ -1,4 +1,5 @@
-"""The daemon's own sections: `nats`, `api`, `reconcile`, `leadership`, `playbooks`, `chatops` and `runs`.
+"""The daemon's own sections: `nats`, `api`, `reconcile`, `leadership`, `playbooks`, `chatops`, `runs`
+and `drills`.
 
 Split from `config` so the settings of the orchestrator itself (how it connects, listens, elects a
 leader and finds its playbooks) sit apart from the fleet it manages.
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import date
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 
-from orchestrator.core.config_fields import HttpUrlStr, Model, Seconds
+from orchestrator.core.config_fields import HttpUrlStr, Model, Name, Seconds
 
 
 class TlsConfig(Model):
@@ -234,3 +236,62 @@ class RunsRetentionConfig(Model):
 
 class RunsConfig(Model):
     retention: RunsRetentionConfig = RunsRetentionConfig()
+
+
+class DrillWindowConfig(Model):
+    """When practice runs may start: local time of day in `timezone`, on `days` (default every day)."""
+
+    start: str = "10:00"
+    end: str = "16:00"
+    timezone: str = "UTC"
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = []
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"expected HH:MM (24 h), got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Paris)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> DrillWindowConfig:
+        if self.start >= self.end:
+            raise ValueError("window.start must be before window.end (a window does not span midnight)")
+        return self
+
+
+class DrillScheduleConfig(Model):
+    """`drills:` (DESIGN §15): practice runs the leader starts on its own, as AWS ARC schedules them. A
+    drill is due once `every` has passed since the schedule's last one, inside `window`, not on a
+    `blocked_dates` day; it faults the `clusters` in turn and is skipped (`drill.skipped`, saying why)
+    while any cluster is not healthy, a run is active or automation is paused."""
+
+    name: Name
+    fault: Literal["scale-to-zero", "deny-ingress"] = "scale-to-zero"
+    clusters: list[Name] = Field(min_length=1)
+    every_s: Seconds = Field(default=7 * 86400.0, alias="every", gt=0)
+    window: DrillWindowConfig = DrillWindowConfig()
+    blocked_dates: list[date] = []
+    """Days (in the window's time zone) without drills: freezes, holidays, launches."""
+    namespace: str | None = None
+    """The workload to fault; default: each cluster's `kube_workload` probe."""
+    deployment: str | None = None
+    timeout_s: Seconds = Field(default=300.0, alias="timeout", gt=0)
+    recovery_timeout_s: Seconds = Field(default=600.0, alias="recovery_timeout", gt=0)
+
+    @model_validator(mode="after")
+    def _workload(self) -> DrillScheduleConfig:
+        if bool(self.namespace) != bool(self.deployment):
+            raise ValueError("namespace and deployment go together")
+        return self

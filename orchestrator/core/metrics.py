@@ -56,6 +56,15 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.recovery = Histogram(
+            "failover_recovery_seconds",
+            "Stages of the recovery timeline of runs a detected failure started (DESIGN §15): detect "
+            "(first failure -> quorum), decide (-> event), start (-> run start), act (-> first effect), "
+            "moved (first failure -> balancer read back drained), total (first failure -> run finished)",
+            ["stage"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 120, 300),
+            registry=r,
+        )
         self.observer_frozen = Gauge(
             "failover_observer_frozen", "1 while the observer guard holds automation frozen", registry=r
         )

@@ -11,8 +11,8 @@ from bisect import insort
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.detection.observer import guard_holds
-from orchestrator.detection.outputs import Output
-from orchestrator.detection.recovery import maybe_recover, move
+from orchestrator.detection.outputs import Output, failure_marks
+from orchestrator.detection.recovery import mark_intermittent, maybe_recover, move
 from orchestrator.detection.tracks import Track
 
 if TYPE_CHECKING:
@@ -57,18 +57,31 @@ def evaluate(state: DetectorState, cluster: ClusterState, now: float, out: list[
     degrading: dict[str, dict[str, Any]] = {}
     onsets: list[float] = []
     healthy_vantages = []
+    streaking = 0  # vantages failing a fail-impact probe by consecutive count (not only by the ratio)
+    bad = False  # a probe past its failure threshold or latency limit: resets a recovery hold
+    ratio_held = False  # a probe failing by the ratio alone: holds a recovery back, not its hold timer
     for vantage, tracks in fresh.items():
         vantage_ok = True
         vantage_onset: float | None = None
+        vantage_streaks = False
         for probe, track in tracks:
             spec = specs[probe]
-            if spec.impact == "fail" and track.fail_started_at is not None:
-                vantage_onset = min(vantage_onset or track.fail_started_at, track.fail_started_at)
-            if track.consecutive_fail >= s.failure_threshold:
+            # the onset of an intermittent failure is the round its ratio reached the threshold
+            started = track.fail_started_at if track.fail_started_at is not None else track.ratio_since
+            if spec.impact == "fail" and started is not None:
+                vantage_onset = min(vantage_onset or started, started)
+            if track.sees_failing(s.failure_threshold):
                 target = failing if spec.impact == "fail" else degrading
                 target.setdefault(vantage, {})[probe] = _evidence(track)
-                vantage_ok = False
+                if track.consecutive_fail >= s.failure_threshold:
+                    vantage_streaks = vantage_streaks or spec.impact == "fail"
+                    vantage_ok = False
+                    bad = True
+                else:
+                    # passing streaks still count towards the hold; the ratio must be back under too
+                    ratio_held = True
             elif spec.latency_limit_ms is not None and track.ok and track.latency_ms > spec.latency_limit_ms:
+                bad = True
                 degrading.setdefault(vantage, {})[probe] = {
                     **_evidence(track),
                     "latency_limit_ms": spec.latency_limit_ms,
@@ -77,6 +90,7 @@ def evaluate(state: DetectorState, cluster: ClusterState, now: float, out: list[
                 vantage_ok = False
         if vantage_onset is not None:
             insort(onsets, vantage_onset)
+        streaking += vantage_streaks
         # a vantage must have reported every probe of this cluster to vouch for its health
         if vantage_ok and len(tracks) == len(specs):
             healthy_vantages.append(vantage)
@@ -94,7 +108,9 @@ def evaluate(state: DetectorState, cluster: ClusterState, now: float, out: list[
     if degrading:
         evidence["degraded"] = degrading
 
-    if len(failing) >= quorum:
+    # a failed cluster that only the ratio still sees failing is recovering: its passing streaks count
+    # towards the hold below, and the ratio holds the recovery back until it is under the threshold
+    if len(failing) >= quorum and (cluster.status != "failed" or streaking >= quorum):
         cluster.healthy_since = None
         if cluster.status == "failed":
             return
@@ -104,7 +120,7 @@ def evaluate(state: DetectorState, cluster: ClusterState, now: float, out: list[
             track.received_at > state.cleared_at
             for vantage in failing
             for probe, track in fresh[vantage]
-            if track.consecutive_fail >= s.failure_threshold
+            if track.sees_failing(s.failure_threshold)
         ):
             return  # held back while frozen: confirm with a report made after the picture cleared
         cluster.suppressed = False
@@ -112,7 +128,16 @@ def evaluate(state: DetectorState, cluster: ClusterState, now: float, out: list[
             f"{len(failing)} of {len(fresh)} fresh vantage(s) see a failing probe "
             f"(quorum {quorum}, threshold {s.failure_threshold})"
         )
+        intermittent = streaking < quorum  # the consecutive counts alone would not have failed it
+        if intermittent:
+            reason += (
+                f"; intermittent: at least {s.failure_ratio:.0%} of the rounds in "
+                f"{s.failure_ratio_window_s:g}s failed"
+            )
+        evidence.update(failure_marks(_counted(cluster, failing), quorum, now))
         move(state, cluster, "failed", reason, evidence, now, out)
+        if intermittent:
+            mark_intermittent(cluster)
         return
     cluster.suppressed = False
 
@@ -135,7 +160,7 @@ def evaluate(state: DetectorState, cluster: ClusterState, now: float, out: list[
     if cluster.status == "failed" or (cluster.status == "unknown" and cluster.last_known == "failed"):
         # sticky until a full recovery: a partial improvement is not a reason to restore traffic
         maybe_recover(
-            state, cluster, healthy_vantages, bool(failing or degrading), quorum, evidence, now, out
+            state, cluster, healthy_vantages, bad, quorum, evidence, now, out, ratio_held=ratio_held
         )
         return
 
@@ -150,6 +175,7 @@ def evaluate(state: DetectorState, cluster: ClusterState, now: float, out: list[
             parts.append(f"{len(failing)} vantage(s) see failure, below quorum {quorum}")
         if degrading:
             parts.append("a degrade-impact probe fails or a latency limit is exceeded")
+        evidence.update(failure_marks(_counted(cluster, failing, degrading), quorum, now))
         move(state, cluster, "degraded", "; ".join(parts), evidence, now, out)
         return
 
@@ -166,10 +192,11 @@ def _contradicted(
     in flight: a fresh vantage that does not see the failure has reported since the failing ones crossed
     their threshold, or there is no other fresh vantage to wait for."""
     crossed = [
-        track.crossed_at
+        crossing
         for vantage in failing
         for probe, track in fresh[vantage]
-        if track.crossed_at is not None and specs[probe].impact == "fail"
+        for crossing in (track.crossed_at, track.ratio_since)
+        if crossing is not None and specs[probe].impact == "fail"
     ]
     if not crossed:
         return True
@@ -182,11 +209,23 @@ def _contradicted(
     return not others or any(track.received_at > latest for track in others)
 
 
+def _counted(cluster: ClusterState, *by_vantage: dict[str, dict[str, Any]]) -> dict[str, list[Track]]:
+    """vantage -> the tracks behind its evidence: what the recovery timeline is measured from."""
+    counted: dict[str, list[Track]] = {}
+    for evidence in by_vantage:
+        for vantage, probes in evidence.items():
+            counted.setdefault(vantage, []).extend(cluster.tracks[(p, vantage)] for p in probes)
+    return counted
+
+
 def _evidence(track: Track) -> dict[str, Any]:
-    return {
+    evidence: dict[str, Any] = {
         "consecutive_fail": track.consecutive_fail,
         "ok": track.ok,
         "detail": track.detail,
         "latency_ms": track.latency_ms,
         "seq": track.seq,
     }
+    if track.ratio_since is not None:
+        evidence["failure_ratio"] = {"failed": track.window_failed, "rounds": len(track.window)}
+    return evidence

@@ -8,13 +8,17 @@ cluster `Transition`s and system `Signal`s (observer guard, suspect vantages, fl
 Rules (DESIGN §6):
 - per (cluster, probe, vantage) consecutive failure/success counts within one prober boot; a newer boot
   of a vantage supersedes the older one and its counts do not carry over;
+- intermittent failure (`failure_ratio`): a vantage also sees a probe failing while at least the
+  threshold share of its rounds in the window failed (with at least `min_rounds` of them), so an app
+  down half the time in short bursts, which never reaches the consecutive threshold, is seen;
 - a vantage is fresh while its last report is younger than `stale_after`; silence counts neither up nor
   down, and no fresh vantage makes a cluster `unknown`, never `failed`;
 - `failed` needs `quorum` fresh vantages seeing a `fail`-impact probe failing for `failure_threshold`
   rounds (`majority`: of the listed `detection.vantages`, at least 2 once 2 are listed); fewer, a
   failing `degrade`-impact probe, or a latency limit exceeded give `degraded`;
 - `failed` is sticky, through silence too: it ends only by recovering (quorum of fresh vantages past
-  `success_threshold`, none failing, held for `recovery_hold`), which emits `cluster.recovered`;
+  `success_threshold` and under the failure ratio, none failing, held for `recovery_hold`), which emits
+  `cluster.recovered`; a cluster failed by the ratio rule recovers like a flapping one;
   `unknown -> healthy` emits nothing unless the last known state was failed or degraded;
 - suspect vantage: one that sees more than `max_failed_fraction` of all clusters failing while other
   fresh vantages do not is the one that is cut off, and its reports count as stale;
@@ -60,6 +64,11 @@ class Settings:
     flap_max_transitions: int = 4
     flap_window_s: float = 600.0
     known_vantage_window_s: float = 3600.0
+    failure_ratio: float | None = 0.5
+    """`detection.failure_ratio.threshold`: a vantage also sees a probe failing when at least this share
+    of its rounds in the window failed (intermittent failure, DESIGN §6); None: the rule is off."""
+    failure_ratio_window_s: float = 20.0
+    failure_ratio_min_rounds: int = 10
     vantages: tuple[str, ...] | None = None
     """`detection.vantages`: the vantages whose reports count; `majority` is over this list (DESIGN
     §12). The service drops reports from other vantages before they reach the machine."""
@@ -67,6 +76,7 @@ class Settings:
     @classmethod
     def from_config(cls, config: Config) -> Settings:
         d = config.detection
+        ratio = d.failure_ratio
         return cls(
             failure_threshold=d.failure_threshold,
             success_threshold=d.success_threshold,
@@ -78,12 +88,19 @@ class Settings:
             flap_max_transitions=d.flap.max_transitions,
             flap_window_s=d.flap.window_s,
             vantages=tuple(config.counted_vantages),
+            failure_ratio=ratio.threshold if ratio is not None else None,
+            failure_ratio_window_s=ratio.window_s if ratio is not None else cls.failure_ratio_window_s,
+            failure_ratio_min_rounds=ratio.min_rounds if ratio is not None else cls.failure_ratio_min_rounds,
         )
 
     @property
     def replay_window_s(self) -> float:
-        """How much health history a restarted detector needs to rebuild its counts (DESIGN §6)."""
-        return max(self.stale_after_s, self.failure_threshold * self.interval_s, self.recovery_hold_s)
+        """How much health history a restarted detector needs to rebuild its counts and failure-ratio
+        windows (DESIGN §6)."""
+        ratio_window = self.failure_ratio_window_s if self.failure_ratio is not None else 0.0
+        return max(
+            self.stale_after_s, self.failure_threshold * self.interval_s, self.recovery_hold_s, ratio_window
+        )
 
 
 @dataclass(frozen=True)

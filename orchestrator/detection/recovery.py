@@ -1,7 +1,9 @@
 """Changing a cluster's status: the recovery hold and flap damping (DESIGN §6).
 
 `move` is the one place a status changes and a `Transition` is emitted, so it is also where changes are
-counted for flapping; a flapping cluster's recovery hold is doubled in `maybe_recover`.
+counted for flapping; a flapping cluster's recovery hold is doubled in `maybe_recover`. A cluster failed
+by the failure-ratio rule is flapping too, only below the probe's resolution of states: it recovers the
+same way (`mark_intermittent`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ def maybe_recover(
     evidence: dict[str, Any],
     now: float,
     out: list[Output],
+    ratio_held: bool = False,
 ) -> None:
+    """Recover after `recovery_hold` (doubled while flapping) with a quorum of healthy vantages. `bad`
+    (a probe past its failure threshold or a latency limit somewhere) restarts the hold; `ratio_held`
+    (a probe failing only by `failure_ratio`: its window still holds too many failed rounds) lets the
+    hold run on passing streaks but keeps the cluster where it is until the ratio is back under."""
     s = state.settings
     if bad or len(healthy_vantages) < quorum:
         cluster.healthy_since = None
@@ -46,14 +53,23 @@ def maybe_recover(
     if cluster.healthy_since is None:
         cluster.healthy_since = now
     hold = s.recovery_hold_s * (2 if cluster.flapping else 1)
-    if now - cluster.healthy_since < hold:
+    if now - cluster.healthy_since < hold or ratio_held:
         return
     evidence = {**evidence, "healthy_vantages": sorted(healthy_vantages), "held_s": hold}
     reason = f"{len(healthy_vantages)} vantage(s) see every probe passing for {hold:g}s"
     if cluster.flapping:
-        reason += " (doubled hold: the cluster was flapping)"
+        reason += " (doubled hold: the cluster was flapping or failing intermittently)"
         cluster.flapping = False
     move(state, cluster, "healthy", reason, evidence, now, out, recovered=True)
+
+
+def mark_intermittent(cluster: ClusterState) -> None:
+    """A cluster just failed by the failure-ratio rule (DESIGN §6): it recovers like a flapping one, after
+    twice `recovery_hold` (and, as every recovery, with the ratio back under the threshold at every fresh
+    vantage). Its transitions are not counted twice and no `cluster.flapping` page is added: the
+    `cluster.failed` event already says it is intermittent. The flag is persisted with the state, so a
+    restarted detector keeps the doubled hold."""
+    cluster.flapping = True
 
 
 def move(

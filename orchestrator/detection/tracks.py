@@ -1,13 +1,16 @@
 """Recording reports: one `Track` per (cluster, probe, vantage) within one prober boot (DESIGN §6).
 
 Applying a report to its track (boots superseding each other, duplicates and out-of-order reports
-dropped, consecutive counts) is the detector's bookkeeping, separate from deciding what the counts mean
-(`evaluation`). It also keeps `DetectorState.failing_at` in step, which suspect-vantage detection reads.
+dropped, consecutive counts, the failure-ratio window) is the detector's bookkeeping, separate from
+deciding what the counts mean (`evaluation`). It also keeps `DetectorState.failing_at` in step, which
+suspect-vantage detection reads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from orchestrator.core.models import HealthReport
@@ -34,6 +37,18 @@ class Track:
     """Receipt time of the report that took the failing streak to `failure_threshold`."""
     latency_ms: float = 0.0
     detail: str = ""
+    window: deque[tuple[float, bool]] = field(default_factory=deque)
+    """(receipt time, ok) of this boot's rounds in the last `failure_ratio` window, oldest first: each
+    round is appended once and dropped once, so a report costs O(1) amortized."""
+    window_failed: int = 0
+    """How many rounds in `window` failed."""
+    ratio_since: float | None = None
+    """Receipt time of the report that took the window's failed share to the `failure_ratio` threshold
+    (with at least `min_rounds` rounds); None while under it. Set: the vantage sees the probe failing."""
+
+    def sees_failing(self, failure_threshold: int) -> bool:
+        """Failing at this vantage: `failure_threshold` consecutive failures, or the ratio rule."""
+        return self.consecutive_fail >= failure_threshold or self.ratio_since is not None
 
 
 def accepts(state: DetectorState, report: HealthReport) -> bool:
@@ -58,6 +73,7 @@ def steady(state: DetectorState, report: HealthReport) -> bool:
     return (
         cluster.status == "healthy"
         and track.consecutive_ok > state.settings.success_threshold
+        and track.ratio_since is None
         and state.probes[report.cluster][report.probe].latency_limit_ms is None
     )
 
@@ -110,10 +126,38 @@ def record(state: DetectorState, report: HealthReport, now: float) -> bool | Non
         track.ok_since = None
         if track.consecutive_fail == state.settings.failure_threshold:
             track.crossed_at = now
+    _slide(state, track, report.ok, now)
     if counts_for_guard and was_failing == report.ok:  # started or stopped failing
         _count_failing(state, vantage, report.cluster, -1 if report.ok else 1)
         return True
     return False
+
+
+def _slide(state: DetectorState, track: Track, ok: bool, now: float) -> None:
+    """Add this round to the track's failure-ratio window, drop the rounds older than the window, and
+    note whether the failed share is at the threshold (`ratio_since`).
+
+    Rounds are counted by receipt time over the last `window` up to this vantage's latest report: a
+    track that stops reporting goes stale long before its window matters. The window also keeps at most
+    4 x window / interval rounds, so a prober publishing far faster than the interval (a bug, or a
+    leaked prober credential) cannot grow the detector's memory."""
+    s = state.settings
+    if s.failure_ratio is None:
+        return
+    window = track.window
+    window.append((now, ok))
+    if not ok:
+        track.window_failed += 1
+    cap = max(s.failure_ratio_min_rounds, 4 * math.ceil(s.failure_ratio_window_s / s.interval_s))
+    while window and (now - window[0][0] >= s.failure_ratio_window_s or len(window) > cap):
+        if not window.popleft()[1]:
+            track.window_failed -= 1
+    # a quotient, not a product: 3 / 10 rounds exactly as 0.3 does, while 0.3 * 10 is above 3
+    over = len(window) >= s.failure_ratio_min_rounds and track.window_failed / len(window) >= s.failure_ratio
+    if not over:
+        track.ratio_since = None
+    elif track.ratio_since is None:
+        track.ratio_since = now
 
 
 def _count_failing(state: DetectorState, vantage: str, cluster: str, delta: int) -> None:

@@ -39,7 +39,7 @@ from orchestrator.bus.leadership import NotLeader
 from orchestrator.core import redact
 from orchestrator.core.errors import GuardRefused, OrchestratorError, PermanentError, TemporaryError
 from orchestrator.core.models import RunEventType, rfc3339
-from orchestrator.playbooks import templates
+from orchestrator.playbooks import templates, timeline
 from orchestrator.playbooks.actions import REGISTRY, Preempted, Services, StepContext
 from orchestrator.playbooks.journal import Fenced, Journal
 from orchestrator.playbooks.model import RetryPolicy
@@ -126,6 +126,7 @@ class RunExecutor:
     async def execute(self) -> str:
         """Run to the end; returns the final status."""
         context = self.base_context()
+        timeline.begin(self.record)
         try:
             for step in self.record["plan"]["steps"]:
                 if self.preempt.is_set():
@@ -150,12 +151,14 @@ class RunExecutor:
     async def _finish(self, status: str, detail: dict[str, Any] | None = None) -> str:
         self.record["status"] = status
         self.record["finished_at"] = rfc3339(self.clock.wall())
+        marks = timeline.finish(self.record, self.record["finished_at"])
         await self.save()
         summary = {
             "status": status,
             "failed_step": self.record.get("failed_step"),
             "error": self.record.get("error"),
             **(detail or {}),
+            "timeline": dict(marks),
         }
         if status == "preempted":
             await self.emit("preempted", None, None, summary)
@@ -236,11 +239,13 @@ class RunExecutor:
         entry["result"] = result
         entry["finished_at"] = rfc3339(self.clock.wall())
         context["steps"][step_id] = result
+        marked = timeline.mark_verified(self.record, step, self.clock.wall())
         await self.save()
         detail: dict[str, Any] = {
             "result": result,
             "action": step["action"],
             "duration_s": round(self.clock.mono() - started, 4),
+            **({"timeline": marked} if marked else {}),
         }
         if not self.record.get("first_action_at"):  # detection -> first action, for the latency metric
             self.record["first_action_at"] = rfc3339(self.clock.wall())
@@ -332,6 +337,7 @@ class RunExecutor:
                         entry["before"] = await action.before(ctx, params)
                         await self.save()  # the value we replace is journalled before the effect
                     result = await action.run(ctx, params)
+                    timeline.mark_effect(self.record, action.name, self.clock.wall())
                     if step.get("verify", True):
                         mismatch = await action.verify(ctx, params, result)
                         if mismatch:

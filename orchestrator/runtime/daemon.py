@@ -38,7 +38,9 @@ from orchestrator.playbooks.approvals import ApprovalBook
 from orchestrator.playbooks.journal import BusJournal
 from orchestrator.playbooks.loader import load_playbooks
 from orchestrator.playbooks.runner import Runner
+from orchestrator.playbooks.timeline import recovery_stages
 from orchestrator.probes.prober import Prober
+from orchestrator.runtime.drills import practice_runs
 from orchestrator.runtime.reconcile import Reconciler
 from orchestrator.runtime.reload import PlaybookWatcher
 from orchestrator.runtime.retention import RunRetention
@@ -319,6 +321,10 @@ class Daemon:
             supervisor.spawn("reconciler", lambda: reconciler.run(stop, active=lambda: leadership.is_leader))
             retention = RunRetention(journal, config.runs.retention)
             supervisor.spawn("run-retention", lambda: retention.run(stop, lambda: leadership.is_leader))
+            drills = practice_runs(
+                config, self.status, self.current_weights, store, journal, self._system_event
+            )
+            supervisor.spawn("drills", lambda: drills.run(stop, lambda: leadership.is_leader))  # `drills:`
             interval_s = config.reconcile.interval_s
             supervisor.spawn(
                 "run-adopter", lambda: runner.adopt_orphans(stop, interval_s, lambda: leadership.is_leader)
@@ -433,6 +439,9 @@ class Daemon:
             self.metrics.runs.labels(
                 playbook=event.playbook, outcome=str(event.detail.get("status", "unknown"))
             ).inc()
+            marks = event.detail.get("timeline")
+            for stage, seconds in recovery_stages(marks if isinstance(marks, dict) else {}).items():
+                self.metrics.recovery.labels(stage=stage).observe(seconds)
 
 
 async def run_until_signalled(daemon: Daemon) -> None:

@@ -94,6 +94,14 @@ RESOURCES: tuple[ResourceType, ...] = (
     ),
     ResourceType("coordination.k8s.io", ("v1",), "leases", "lease", "Lease"),
     ResourceType(
+        "networking.k8s.io",
+        ("v1",),
+        "networkpolicies",
+        "networkpolicy",
+        "NetworkPolicy",
+        short_names=("netpol",),
+    ),
+    ResourceType(
         "gateway.networking.k8s.io",
         ("v1", "v1beta1"),
         "httproutes",

@@ -1,9 +1,10 @@
 """Defaulting and validation the sandbox applies before it stores an object, as a real cluster would.
 
 Only the rules that matter for what the orchestrator writes, with kube-apiserver's field paths and
-wording: built-in types (Deployment, StatefulSet, HPA, Lease) as apimachinery validation reports them,
-custom resources as the CRD's OpenAPI schema reports them (`... in body should be less than or equal
-to 1000000`), and Istio's validating webhook (`validation.istio.io`) for VirtualServices.
+wording: built-in types (Deployment, StatefulSet, HPA, Lease, NetworkPolicy) as apimachinery
+validation reports them, custom resources as the CRD's OpenAPI schema reports them (`... in body should
+be less than or equal to 1000000`), and Istio's validating webhook (`validation.istio.io`) for
+VirtualServices.
 
 Istio choice: the CRD in ../shared/crds only says `weight` is an int32, and current istiod only rejects
 negative weights and a zero total over several destinations. Older istiod (and istio's own docs until
@@ -29,6 +30,7 @@ from orchestrator.sandbox.kube_status import (
     invalid_value,
     required,
     too_many,
+    unsupported,
     webhook_denied,
 )
 
@@ -340,6 +342,27 @@ def _trafficsplit(obj: dict[str, Any]) -> list[Cause]:
     return check.causes
 
 
+def _networkpolicy(obj: dict[str, Any]) -> list[Cause]:
+    """Defaults as `SetDefaults_NetworkPolicySpec`: no policyTypes means Ingress, plus Egress when
+    egress rules are given; a missing podSelector is the empty one (every pod of the namespace)."""
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        raise bad_request(
+            'NetworkPolicy in version "v1" cannot be handled as a NetworkPolicy: spec must be an object'
+        )
+    spec.setdefault("podSelector", {})
+    if not spec.get("policyTypes"):
+        spec["policyTypes"] = ["Ingress", *(["Egress"] if spec.get("egress") else [])]
+    causes = [
+        unsupported(f"spec.policyTypes[{n}]", kind, ["Ingress", "Egress"])
+        for n, kind in enumerate(_list(spec.get("policyTypes")))
+        if kind not in ("Ingress", "Egress")
+    ]
+    if not isinstance(spec.get("podSelector"), dict):
+        causes.append(invalid_value("spec.podSelector", spec.get("podSelector"), "must be a label selector"))
+    return causes
+
+
 def default_and_validate(
     rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, istio_weights: IstioWeights = "sum100"
 ) -> None:
@@ -358,6 +381,8 @@ def default_and_validate(
         causes += _virtualservice_schema(obj)
     elif rt.plural == "trafficsplits":
         causes += _trafficsplit(obj)
+    elif rt.plural == "networkpolicies":
+        causes += _networkpolicy(obj)
     if causes:
         raise invalid(rt.qualified_kind, rt.group, rt.kind, name, causes)
     if rt.plural == "virtualservices":

@@ -7,9 +7,10 @@ orchestrator uses, and kubernetes-asyncio talks to it exactly as to a real clust
 (label selectors with `=`, `==`, `!=`, `in`, `notin`, exists, `!`; `metadata.name`/`metadata.namespace`
 field selectors; `limit`/`continue`), merge / JSON / strategic-merge PATCH, `dryRun=All` and watch for:
 apps/v1 deployments and statefulsets (with scale and status), autoscaling/v2 horizontalpodautoscalers,
-coordination.k8s.io/v1 leases, gateway.networking.k8s.io v1 (and v1beta1) httproutes,
-networking.istio.io v1 (v1beta1, v1alpha3) virtualservices, split.smi-spec.io/v1alpha2 trafficsplits, and
-v1 namespaces. Semantics (resourceVersion, 409/404/422 Status bodies, generation, watch history):
+coordination.k8s.io/v1 leases, networking.k8s.io/v1 networkpolicies (whose effect on a sandbox
+application `kube_serving` models), gateway.networking.k8s.io v1 (and v1beta1) httproutes,
+networking.istio.io v1 (v1beta1, v1alpha3) virtualservices, split.smi-spec.io/v1alpha2 trafficsplits,
+and v1 namespaces. Semantics (resourceVersion, 409/404/422 Status bodies, generation, watch history):
 `kube_objects` and `kube_store`; defaults and validation: `kube_validation`; the workload/HPA
 controller: `kube_controller`.
 
