@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install packages lint format test demo bench clean
+.PHONY: install packages lint format test chaos demo bench clean
 
 $(STAMP): pyproject.toml
 	@scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -27,6 +27,9 @@ format: install
 
 test: install packages lint
 	$(BIN)/pytest
+
+chaos: install packages
+	$(BIN)/pytest chaos -m chaos -p no:cacheprovider
 
 demo: install
 	@scripts/ensure-packages.sh --required haproxy
