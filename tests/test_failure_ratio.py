@@ -18,6 +18,7 @@ from orchestrator.bus.embedded import EmbeddedNats
 from orchestrator.core import subjects
 from orchestrator.core.config import load_config
 from orchestrator.core.config_clusters import DetectionConfig
+from orchestrator.core.errors import ValidationFailed
 from orchestrator.detection.machine import DetectorState, ProbeSpec, Settings
 from tests.helpers import SHORT_PROBING, collect, fleet, hook_receiver, wait_for, write_config
 from tests.test_daemon import all_healthy, running
@@ -325,3 +326,17 @@ async def test_a_flapping_app_is_drained_once_kept_drained_and_restored_once_whe
         steps = [(r["playbook"], r["type"], r["step"]) for r in runs]
         assert steps.count(("cluster-failover", "step.succeeded", "drain")) == 1, steps
         assert steps.count(("cluster-failback", "step.succeeded", "restore")) == 1, steps
+
+
+def test_a_failure_ratio_that_can_never_fire_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        "probing: {interval: 5s}\n"
+        "detection: {failure_ratio: {window: 20s, min_rounds: 10}}\n"
+        "clusters: [{name: a, probes: [{name: p, tcp: {host: 127.0.0.1, port: 1}}]}]\n"
+        "load_balancers: []\nnotifiers: []\n"
+    )
+    with pytest.raises(
+        ValidationFailed, match=r"f.yaml:2: detection.failure_ratio.min_rounds: 10 rounds never fit"
+    ):
+        load_config(path)

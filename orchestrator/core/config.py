@@ -167,6 +167,18 @@ def _cross_checks(source: Source, config: Config) -> list[Problem]:
                     f"(available: {', '.join(sorted(IMPLEMENTED_NOTIFIERS))})",
                 )
             )
+    ratio = config.detection.failure_ratio
+    explicit = "failure_ratio" in config.detection.model_fields_set  # the defaults fit 1 s rounds
+    if explicit and ratio is not None and ratio.min_rounds > ratio.window_s / config.probing.interval_s:
+        fits = ratio.window_s / config.probing.interval_s
+        problems.append(
+            source.problem(
+                ("detection", "failure_ratio", "min_rounds"),
+                f"{ratio.min_rounds} rounds never fit in the {ratio.window_s:g}s window at "
+                f"probing.interval {config.probing.interval_s:g}s (at most {fits:g}): the rule would never "
+                "fire; lower min_rounds or widen the window",
+            )
+        )
     unique([d.name for d in config.drills], "drills")
     for di, drill in enumerate(config.drills):
         for ci, name in enumerate(drill.clusters):
