@@ -30,6 +30,17 @@ class Notification:
     playbook: str | None = None
     cluster: str | None = None
     dedup_key: str | None = None
+    incident: str | None = None
+    """The incident this belongs to (`inc-<cluster>-<n>`, DESIGN §13): the dedup key everywhere."""
+    incident_state: str | None = None
+    """Where the incident is: opened, drained, scaled, waiting_approval, step_failed, resolved..."""
+    resolve: bool = False
+    """The incident is over (`notify` with `resolve: true`, the failback playbooks)."""
+    links: dict[str, str] = field(default_factory=dict)
+    """`run` and `incident` URLs under `api.external_url`, when it is set."""
+    thread: dict[str, Any] | None = None
+    """What this notifier answered for the incident's first message (its receipt: a Slack `ts`, an
+    email Message-ID...), kept in the incident record, so later messages join that thread."""
 
     def body(self, notifier: str) -> dict[str, Any]:
         return {
@@ -42,6 +53,10 @@ class Notification:
             "playbook": self.playbook,
             "cluster": self.cluster,
             "dedup_key": self.dedup_key,
+            "incident": self.incident,
+            "incident_state": self.incident_state,
+            "resolve": self.resolve,
+            "links": self.links,
             "ts": rfc3339(utc_now()),
         }
 
@@ -52,7 +67,9 @@ class Notifier:
         self.name = config.name
         self.session = session
 
-    async def send(self, note: Notification) -> None:
+    async def send(self, note: Notification) -> dict[str, Any] | None:
+        """Deliver `note`; return a receipt to keep for the incident's later messages (a thread id), or
+        None. Temporary problems raise TemporaryError (the step retries), others PermanentError."""
         raise NotImplementedError
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> None:
@@ -76,13 +93,14 @@ class WebhookNotifier(Notifier):
     """POSTs the notification as JSON, signed when a secret is configured (with an `X-Failover-Id` the
     receiver can dedupe replays on; `core.signing`)."""
 
-    async def send(self, note: Notification) -> None:
+    async def send(self, note: Notification) -> dict[str, Any] | None:
         target: WebhookTarget = self.config.webhook  # type: ignore[assignment]
         body = json.dumps(note.body(self.name), separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", **target.headers}
         if target.secret is not None:
             headers.update(signing.sign_headers(target.secret.get_secret_value(), body))
         await self._post(target.url, body, headers, target.timeout_s)
+        return None
 
 
 _EMOJI = {
@@ -96,7 +114,7 @@ _EMOJI = {
 class SlackNotifier(Notifier):
     """Slack incoming webhook: a text fallback plus a block with the details."""
 
-    async def send(self, note: Notification) -> None:
+    async def send(self, note: Notification) -> dict[str, Any] | None:
         assert self.config.slack is not None
         text = f"{_EMOJI[note.severity]} *{note.severity.upper()}* {note.summary}"
         fields = [f"*{k}*: {v}" for k, v in note.details.items()]
@@ -111,6 +129,7 @@ class SlackNotifier(Notifier):
         await self._post(
             self.config.slack.webhook_url.get_secret_value(), body, {"Content-Type": "application/json"}, 5.0
         )
+        return None
 
 
 _DRIVERS: dict[str, type[Notifier]] = {"webhook": WebhookNotifier, "slack": SlackNotifier}
