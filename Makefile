@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 packages:
-	@scripts/ensure-packages.sh haproxy chromium
+	@scripts/ensure-packages.sh haproxy chromium prometheus-alertmanager
 
 lint: install
 	$(BIN)/ruff check orchestrator tests bench chaos

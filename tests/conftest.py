@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -69,6 +70,15 @@ async def bus(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Bus]:
 def haproxy_binary() -> str:
     binary = find_haproxy()
     require("haproxy (Debian package haproxy)", binary)
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture
+def alertmanager_binary() -> str:
+    """A real Alertmanager (Debian names the binary prometheus-alertmanager; upstream, alertmanager)."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    require("alertmanager (Debian package prometheus-alertmanager)", binary)
     assert binary is not None
     return binary
 

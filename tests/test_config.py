@@ -147,10 +147,13 @@ def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
     assert len(found) == 2, found
 
 
-def test_unimplemented_driver_is_refused_not_accepted(tmp_path: Path) -> None:
+def test_an_unknown_driver_or_a_missing_section_is_refused(tmp_path: Path) -> None:
+    text = GOOD.replace("driver: webhook, webhook:", "driver: sms, webhook:")
+    found = problems(write(tmp_path, text), env={"HOOK_SECRET": "x"})
+    assert any("notifiers[0].driver" in line and "'teams'" in line for line in found), found
     text = GOOD.replace("driver: webhook, webhook:", "driver: teams, webhook:")
     found = problems(write(tmp_path, text), env={"HOOK_SECRET": "x"})
-    assert any("driver 'teams' is not available in this version" in line for line in found), found
+    assert any("driver 'teams' needs a 'teams:' section" in line for line in found), found
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from orchestrator.core.durations import parse_duration
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.models import AuditRecord, SystemEvent, rfc3339
 from orchestrator.playbooks.approvals import ROLES, ApprovalBook
+from orchestrator.playbooks.incidents import IncidentBook, incident_view
 from orchestrator.playbooks.journal import PAGE_DEFAULT, PAGE_MAX, UnknownRun
 from orchestrator.playbooks.runner import Runner
 
@@ -67,6 +68,7 @@ REQUIRED_ROLE = {
     "clusters": "viewer",
     "runs": "viewer",
     "run": "viewer",
+    "incidents": "viewer",
     "failover": "operator",
     "failback": "operator",
     "pause": "operator",
@@ -104,6 +106,7 @@ class Commands:
             "clusters": self._clusters,
             "runs": self._runs,
             "run": self._run,
+            "incidents": self._incidents,
             "failover": self._failover,
             "failback": self._failback,
             "pause": self._pause,
@@ -306,6 +309,14 @@ class Commands:
         if record is None:
             raise CommandError(f"no run {args.get('id')!r}", 404)
         return redact.redact(record)  # viewers read it: no secret, whatever an older writer journalled
+
+    async def _incidents(self, caller: Caller, args: dict[str, Any]) -> Any:
+        """Incidents, newest first, as `GET /api/v1/incidents` (`open: true`: the open ones only)."""
+        open_only = args.get("open", False)
+        if not isinstance(open_only, bool):
+            raise CommandError("open must be true or false", 400)
+        records = await IncidentBook(self.store).all(open_only=open_only)
+        return {"incidents": redact.redact([incident_view(r) for r in records])}
 
     async def _manual(self, caller: Caller, args: dict[str, Any], kind: str) -> Any:
         cluster = self._cluster_arg(args)

@@ -1,9 +1,10 @@
 """The dashboard (`GET /`): one server-rendered page, no build step and nothing loaded from elsewhere.
 
 The server renders the page from the same views the API serves (`/api/v1/status`, `/api/v1/clusters`,
-`/api/v1/runs`), so it is useful without JavaScript. A few lines of script keep it live: on every
-server-sent event from `/api/v1/events` (and every few seconds, since a cluster's first sighting emits no
-event) they re-fetch those views and re-render with DOM text nodes only. Jinja2 autoescapes the server
+`/api/v1/runs`, the open `/api/v1/incidents`), so it is useful without JavaScript. A few lines of
+script keep it live: on every server-sent event from `/api/v1/events` (and every few seconds, since a
+cluster's first sighting emits no event) they re-fetch those views and re-render with DOM text nodes
+only. Jinja2 autoescapes the server
 side, so nothing a cluster label, a run error or a bus message says can become markup.
 """
 
@@ -57,6 +58,7 @@ def render(
     clusters: Mapping[str, Any],
     runs: Sequence[Mapping[str, Any]],
     nonce: str,
+    incidents: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The whole page. `nonce` goes on the inline script and style (the CSP allows nothing else)."""
     active_ids = set(status.get("active_runs", {}).values())
@@ -80,6 +82,7 @@ def render(
             active=active,
             recent=recent,
             approvals=approvals,
+            incidents=list(incidents),
             stages=[list(stage) for stage in timeline.STAGES],
             nonce=nonce,
         )

@@ -28,12 +28,14 @@ from orchestrator.bus.client import Bus
 from orchestrator.bus.state import (
     PAUSE_ALL,
     PAUSE_CLUSTER_PREFIX,
+    StateStore,
     pause_in_force,
     pause_until,
     readable_timestamp,
 )
 from orchestrator.core import redact
 from orchestrator.core.models import rfc3339
+from orchestrator.playbooks.incidents import IncidentBook, incident_view
 from orchestrator.playbooks.journal import PAGE_DEFAULT, PAGE_MAX, UnknownRun
 
 log = structlog.get_logger(__name__)
@@ -121,6 +123,14 @@ class Handlers:
         page = await self.ctx.journal.page(limit, before)
         return {"runs": [redact.redact(run_summary(r)) for r in page.runs], "next": page.next}
 
+    async def incidents_view(self, open_only: bool = False) -> dict[str, Any]:
+        """Incidents newest first (DESIGN §13), from KV `incident.<id>`."""
+        bus = self.ctx.bus
+        if bus is None:
+            raise Refused(503, "the state bucket is not available")
+        records = await IncidentBook(StateStore(bus)).all(open_only=open_only)
+        return {"incidents": redact.redact([incident_view(r) for r in records])}
+
     # /api/v1 --------------------------------------------------------------------------------------
 
     async def status(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
@@ -140,6 +150,12 @@ class Handlers:
             return web.json_response(await self.runs_view(int(raw), before), dumps=dumps)
         except UnknownRun as e:
             return json_error(400, str(e))
+
+    async def incidents(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        raw = request.query.get("open", "false")
+        if raw not in ("true", "false"):
+            return json_error(400, "open must be true or false")
+        return web.json_response(await self.incidents_view(raw == "true"), dumps=dumps)
 
     async def run(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
         run_id = request.match_info["id"]
@@ -195,6 +211,7 @@ class Handlers:
             status=await self.status_view(),
             clusters=await self.clusters_view(),
             runs=(await self.runs_view(20))["runs"],
+            incidents=(await self.incidents_view(open_only=True))["incidents"],
             nonce=nonce,
         )
         return web.Response(

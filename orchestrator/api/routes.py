@@ -68,6 +68,7 @@ COMMAND_ARGS: dict[str, dict[str, tuple[dict[str, Any], bool]]] = {
         "before": ({"type": "string", "pattern": RUN_ID_PATTERN}, False),
     },
     "run": {"id": ({"type": "string", "pattern": RUN_ID_PATTERN}, True)},
+    "incidents": {"open": ({"type": "boolean", "description": "only the open incidents"}, False)},
     "failover": {
         "cluster": ({"type": "string", "minLength": 1}, True),
         "force": (
@@ -216,6 +217,31 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         "required": ["id", "playbook", "status"],
     },
+    "Incident": {
+        "type": "object",
+        "description": "One cluster's failure to its failback (DESIGN §13); `id` is the dedup key everywhere",
+        "properties": {
+            "id": {"type": "string", "description": "inc-<cluster>-<n>"},
+            "cluster": {"type": "string"},
+            "state": {"enum": ["opened", "drained", "scaled", "waiting_approval", "step_failed", "resolved"]},
+            "opened_at": _NULLABLE_STRING,
+            "updated_at": _NULLABLE_STRING,
+            "resolved_at": _NULLABLE_STRING,
+            "runs": {"type": "array", "items": {"type": "string"}},
+            "summary": _NULLABLE_STRING,
+            "notifiers": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "the notifiers told about it",
+            },
+        },
+        "required": ["id", "cluster", "state", "runs"],
+    },
+    "Incidents": {
+        "type": "object",
+        "properties": {"incidents": {"type": "array", "items": _ref("Incident")}},
+        "required": ["incidents"],
+    },
     "Pause": {
         "type": "object",
         "properties": {
@@ -318,6 +344,19 @@ ROUTES: tuple[Route, ...] = (
                 "in": "path",
                 "required": True,
                 "schema": {"type": "string", "pattern": RUN_ID_PATTERN},
+            },
+        ),
+    ),
+    Route(
+        "GET", "/api/v1/incidents", "incidents", "Incidents, newest first (one per cluster failure)",
+        "viewer", {200: Reply("Incidents.", _ref("Incidents")), 400: _ERROR, **_AUTH_REPLIES, **_UNAVAILABLE},
+        parameters=(
+            {
+                "name": "open",
+                "in": "query",
+                "required": False,
+                "description": "true: only the open incidents",
+                "schema": {"type": "boolean", "default": False},
             },
         ),
     ),

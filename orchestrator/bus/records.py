@@ -113,6 +113,36 @@ class RunRecord(Record):
     plan: dict[str, Any] = {}
 
 
+IncidentState = Literal["opened", "drained", "scaled", "waiting_approval", "step_failed", "resolved"]
+
+
+class IncidentPointer(Record):
+    """`incident.open.<cluster>`: the last incident number given out, and the open incident if any."""
+
+    n: int = Field(ge=0)
+    open: str | None = None
+
+
+class IncidentRecord(Record):
+    """`incident.<id>` (DESIGN §13): what the notify action and the incident views read."""
+
+    id: str
+    cluster: str
+    state: IncidentState
+    opened_at: float
+    updated_at: float
+    resolved_at: float | None = None
+    runs: list[str] = []
+    summary: str | None = None
+    receipts: dict[str, dict[str, Any] | None] = {}
+    notified: dict[str, str] = {}
+
+    @field_validator("opened_at", "updated_at", "resolved_at")
+    @classmethod
+    def _times(cls, value: float | None) -> float | None:
+        return _finite(value)
+
+
 SCHEMAS: Mapping[str, list[tuple[str, type[Record]]]] = {
     "failover-state": [
         ("cluster.", ClusterRecord),
@@ -122,6 +152,8 @@ SCHEMAS: Mapping[str, list[tuple[str, type[Record]]]] = {
         ("desired.lb.", WeightRecord),
         ("orig.scale.", ScaleRecord),
         ("guard.", GuardRecord),
+        ("incident.open.", IncidentPointer),
+        ("incident.", IncidentRecord),
     ],
     "failover-leader": [("leader", LeaseRecord)],
     "failover-runs": [("run.", RunRecord)],

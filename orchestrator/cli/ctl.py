@@ -1,9 +1,9 @@
 """`failover ctl` (DESIGN §3): steer a running daemon through its HTTP API.
 
-Reads are GETs (`/api/v1/status`, `/clusters`, `/runs`, `/runs/{id}`); everything that changes something
-is a `POST /api/v1/commands`, so the daemon authorizes and audits it exactly like a command from the API,
-NATS or chatops. Exit codes: 0 done, 1 the daemon refused or failed (the error is printed), 2 usage.
-The token comes from `--token` or `FAILOVER_TOKEN` and is never printed.
+Reads are GETs (`/api/v1/status`, `/clusters`, `/runs`, `/runs/{id}`, `/incidents`); everything that
+changes something is a `POST /api/v1/commands`, so the daemon authorizes and audits it exactly like a
+command from the API, NATS or chatops. Exit codes: 0 done, 1 the daemon refused or failed (the error is
+printed), 2 usage. The token comes from `--token` or `FAILOVER_TOKEN` and is never printed.
 """
 
 from __future__ import annotations
@@ -168,6 +168,26 @@ def show_runs(view: dict[str, Any]) -> None:
         console.print(f"older runs: failover ctl runs --before {view['next']}")
 
 
+def show_incidents(view: dict[str, Any]) -> None:
+    incidents = view.get("incidents", [])
+    console = _console()
+    if not incidents:
+        console.print("no incidents")
+        return
+    table = _table("INCIDENT", "CLUSTER", "STATE", "OPENED", "RESOLVED", "RUNS", "SUMMARY")
+    for i in incidents:
+        table.add_row(
+            str(i.get("id")),
+            str(i.get("cluster")),
+            str(i.get("state")),
+            _short_time(i.get("opened_at")),
+            _short_time(i.get("resolved_at")),
+            str(len(i.get("runs") or [])),
+            str(i.get("summary") or ""),
+        )
+    console.print(table)
+
+
 def show_run(record: dict[str, Any]) -> None:
     console = _console()
     event = record.get("event") or {}
@@ -282,6 +302,17 @@ def runs(
     """Recent runs, newest first, with each step's status; `--before` the last one shown for older ones."""
     query = f"limit={limit}" + (f"&before={quote(before, safe='')}" if before else "")
     _run(ctx, json_out, lambda t: request(t, "GET", f"/api/v1/runs?{query}"), show_runs)
+
+
+@app.command()
+def incidents(
+    ctx: typer.Context,
+    open_only: Annotated[bool, typer.Option("--open", help="Only the open incidents.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Incidents (one per cluster failure, DESIGN §13), newest first: state, runs, last message."""
+    path = "/api/v1/incidents" + ("?open=true" if open_only else "")
+    _run(ctx, json_out, lambda t: request(t, "GET", path), show_incidents)
 
 
 @app.command("run")

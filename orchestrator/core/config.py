@@ -94,7 +94,7 @@ class Config(Model):
 # Drivers that this build can actually drive; the rest are refused by validate with a clear message
 # rather than accepted and failing at the first failover.
 IMPLEMENTED_LB_DRIVERS = {"haproxy", "gateway_api", "istio", "smi", "webhook"}
-IMPLEMENTED_NOTIFIERS = {"webhook", "slack"}
+IMPLEMENTED_NOTIFIERS = {"webhook", "slack", "email", "nats", "teams", "pagerduty", "alertmanager"}
 IMPLEMENTED_PROBES = {"http", "tcp", "kube_api", "kube_workload"}
 
 

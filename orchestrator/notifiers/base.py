@@ -1,4 +1,4 @@
-"""The notifier interface and the drivers that speak plain HTTPS (webhook, Slack incoming webhook).
+"""The notifier interface and the signed webhook driver; the other drivers have their own modules.
 
 Errors are classified here, at the boundary: connection problems, timeouts and 5xx/429 are
 TemporaryError (the step retries), other 4xx are PermanentError. Secrets and webhook URLs never appear
@@ -103,40 +103,30 @@ class WebhookNotifier(Notifier):
         return None
 
 
-_EMOJI = {
-    "info": ":information_source:",
-    "warning": ":warning:",
-    "error": ":x:",
-    "critical": ":rotating_light:",
-}
-
-
-class SlackNotifier(Notifier):
-    """Slack incoming webhook: a text fallback plus a block with the details."""
-
-    async def send(self, note: Notification) -> dict[str, Any] | None:
-        assert self.config.slack is not None
-        text = f"{_EMOJI[note.severity]} *{note.severity.upper()}* {note.summary}"
-        fields = [f"*{k}*: {v}" for k, v in note.details.items()]
-        if note.run_id:
-            fields.append(f"*run*: `{note.run_id}` ({note.playbook})")
-        blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
-        if fields:
-            blocks.append(
-                {"type": "context", "elements": [{"type": "mrkdwn", "text": "\n".join(fields)[:2900]}]}
-            )
-        body = json.dumps({"text": text, "blocks": blocks}).encode()
-        await self._post(
-            self.config.slack.webhook_url.get_secret_value(), body, {"Content-Type": "application/json"}, 5.0
-        )
-        return None
-
+# The driver modules import this one (Notifier, Notification): they are imported here, at the end.
+from orchestrator.notifiers.alertmanager import AlertmanagerNotifier  # noqa: E402
+from orchestrator.notifiers.email import EmailNotifier  # noqa: E402
+from orchestrator.notifiers.nats import NatsNotifier, Publish  # noqa: E402
+from orchestrator.notifiers.pagerduty import PagerDutyNotifier  # noqa: E402
+from orchestrator.notifiers.slack import SlackNotifier  # noqa: E402
+from orchestrator.notifiers.teams import TeamsNotifier  # noqa: E402
 
 _DRIVERS: dict[str, type[Notifier]] = {"webhook": WebhookNotifier, "slack": SlackNotifier}
+_DRIVERS["email"] = EmailNotifier
+_DRIVERS["nats"] = NatsNotifier
+_DRIVERS["teams"] = TeamsNotifier
+_DRIVERS["pagerduty"] = PagerDutyNotifier
+_DRIVERS["alertmanager"] = AlertmanagerNotifier
 
 
-def build_notifier(config: NotifierConfig, session: aiohttp.ClientSession) -> Notifier:
+def build_notifier(
+    config: NotifierConfig, session: aiohttp.ClientSession, publish: Publish | None = None
+) -> Notifier:
+    """`publish` is the daemon's Bus publish, for the `nats` driver (this layer may not import the bus)."""
     try:
-        return _DRIVERS[config.driver](config, session)
+        notifier = _DRIVERS[config.driver](config, session)
     except KeyError:
         raise PermanentError(f"notifier driver {config.driver!r} is not available in this version") from None
+    if isinstance(notifier, NatsNotifier):
+        notifier.publish = publish
+    return notifier

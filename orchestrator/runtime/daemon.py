@@ -35,6 +35,7 @@ from orchestrator.kube.client import KubeClients
 from orchestrator.notifiers import build_notifier
 from orchestrator.playbooks.actions import Services
 from orchestrator.playbooks.approvals import ApprovalBook
+from orchestrator.playbooks.incidents import IncidentBook
 from orchestrator.playbooks.journal import BusJournal
 from orchestrator.playbooks.loader import load_playbooks
 from orchestrator.playbooks.runner import Runner
@@ -153,7 +154,7 @@ class Daemon:
                 )
                 for lb in config.load_balancers
             }
-            notifiers = {n.name: build_notifier(n, session) for n in config.notifiers}
+            notifiers = {n.name: build_notifier(n, session, bus.publish) for n in config.notifiers}
             self.approvals = ApprovalBook()
             self.kube = KubeClients()
             scale = (
@@ -170,6 +171,7 @@ class Daemon:
                 publish=bus.publish,
                 approvals=self.approvals,
                 scale=scale,
+                incidents=IncidentBook(store),
                 fence=leadership.fence,
             )
             self.journal = journal = BusJournal(bus)

@@ -60,6 +60,8 @@ class Services:
     """An ApprovalBook (runtime): approve/deny decisions arriving by command."""
     scale: Any = None
     """A ScaleActuator (runtime), when any cluster has a `kubernetes:` section."""
+    incidents: Any = None
+    """An IncidentBook (`playbooks.incidents`): the runtime's; None (plan, dry run) sends no incident."""
     dry_run: bool = False
     fence: Callable[[], None] = lambda: None
     """Raises when this replica no longer leads; called before every attempt of every step, and by
