@@ -350,10 +350,11 @@ class RunExecutor:
         try:
             async for try_ in AsyncRetrying(
                 stop=stop_after_attempt(policy.attempts),
-                wait=(
+                wait=_honour_retry_after(
                     wait_exponential(multiplier=policy.initial_s, max=policy.max_s)
                     if policy.backoff == "exponential"
-                    else wait_fixed(policy.initial_s)
+                    else wait_fixed(policy.initial_s),
+                    lambda: step_deadline - self.clock.mono(),
                 ),
                 retry=retry_if_exception_type(TemporaryError),
                 before_sleep=lambda state: _log_retry(step_id, state),
@@ -460,6 +461,26 @@ def _raise_first(outcomes: list[Any]) -> None:
                 raise error
     if errors:
         raise errors[0]
+
+
+RETRY_AFTER_MAX_S = 60.0
+"""The longest a step waits on a server's `Retry-After` (a 429 asking for an hour is not honoured)."""
+
+
+def _honour_retry_after(
+    policy: Callable[[RetryCallState], float], left: Callable[[], float]
+) -> Callable[[RetryCallState], float]:
+    """The step's backoff, or the server's own `Retry-After` when a TemporaryError carries one (a 429
+    from Slack or PagerDuty), whichever is longer, never past the step's deadline."""
+
+    def wait(state: RetryCallState) -> float:
+        planned = policy(state)
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TemporaryError) and error.delay_s:
+            planned = max(planned, min(float(error.delay_s), RETRY_AFTER_MAX_S))
+        return max(0.0, min(planned, left()))
+
+    return wait
 
 
 def _log_retry(step_id: str, state: RetryCallState) -> None:
