@@ -92,3 +92,30 @@ def render(
 def refusal_page(status: int, message: str) -> str:
     """A short page for a refused page load: what went wrong and how to pass a token."""
     return _environment().get_template("refused.html").render(status=status, message=message)
+
+
+def render_page(
+    *,
+    nonce: str,
+    query: str,
+    run: Mapping[str, Any] | None = None,
+    incident: Mapping[str, Any] | None = None,
+) -> str:
+    """One run's or one incident's page (`/runs/<id>`, `/incidents/<id>`): where the links in
+    notifications lead. `query` keeps `?access_token=` on the links between pages."""
+    suffix = f"?{query}" if query else ""
+    recorded = (run or {}).get("timeline")
+    marks = (
+        [(row[0], row[1], row[2]) for row in timeline.table(recorded)]
+        if isinstance(recorded, Mapping)
+        else []
+    )
+    runs = [(r, f"/runs/{r}{suffix}") for r in (incident or {}).get("runs", [])]
+    title = f"run {run['id']}" if run else f"incident {(incident or {}).get('id', '')}"
+    return (
+        _environment()
+        .get_template("page.html")
+        .render(
+            title=title, run=run, incident=incident, marks=marks, runs=runs, nonce=nonce, back=f"/{suffix}"
+        )
+    )

@@ -22,7 +22,7 @@ from orchestrator.api.auth import Refused, audit_refused_request, bearer_token
 from orchestrator.api.bodies import check_command, dumps, json_error, opt_str, run_summary
 from orchestrator.api.commands import Caller, CommandError, Commands
 from orchestrator.api.context import ApiContext
-from orchestrator.api.routes import RUN_ID_PATTERN, openapi_document
+from orchestrator.api.routes import INCIDENT_ID_PATTERN, RUN_ID_PATTERN, openapi_document
 from orchestrator.api.sse import EventStream
 from orchestrator.bus.client import Bus
 from orchestrator.bus.state import (
@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 WEIGHTS_TIMEOUT_S = 3.0
 """Reading current weights talks to every balancer; a slow one must not hang the cluster view."""
 _RUN_ID = re.compile(RUN_ID_PATTERN)
+_INCIDENT_ID = re.compile(INCIDENT_ID_PATTERN)
 
 
 class Handlers:
@@ -214,17 +215,52 @@ class Handlers:
             incidents=(await self.incidents_view(open_only=True))["incidents"],
             nonce=nonce,
         )
-        return web.Response(
-            text=page,
-            content_type="text/html",
-            headers={
-                "Content-Security-Policy": (
-                    f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-                    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
-                    "frame-ancestors 'none'"
-                ),
-                "Referrer-Policy": "no-referrer",  # the page URL may carry ?access_token=
-                "X-Content-Type-Options": "nosniff",
-                "Cache-Control": "no-store",
-            },
-        )
+        return _html(page, nonce)
+
+    async def run_page(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        """`/runs/<id>`: the page a notification's run link opens (DESIGN §13, `api.external_url`)."""
+        run_id = request.match_info["id"]
+        if not _RUN_ID.match(run_id):
+            return json_error(400, f"a run id matches {RUN_ID_PATTERN}")
+        if self.ctx.journal is None:
+            return json_error(503, "the run journal is not available")
+        record = await self.ctx.journal.read(run_id)
+        if record is None:
+            return json_error(404, f"no run {run_id}")
+        nonce = secrets.token_urlsafe(16)
+        summary = redact.redact(run_summary(record))
+        return _html(dashboard.render_page(nonce=nonce, query=request.query_string, run=summary), nonce)
+
+    async def incident_page(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        """`/incidents/<id>`: the page a notification's incident link opens."""
+        incident_id = request.match_info["id"]
+        if not _INCIDENT_ID.match(incident_id):
+            return json_error(400, f"an incident id matches {INCIDENT_ID_PATTERN}")
+        bus = self.ctx.bus
+        if bus is None:
+            return json_error(503, "the state bucket is not available")
+        record = await IncidentBook(StateStore(bus)).get(incident_id)
+        if record is None:
+            return json_error(404, f"no incident {incident_id}")
+        nonce = secrets.token_urlsafe(16)
+        view = redact.redact(incident_view(record))
+        return _html(dashboard.render_page(nonce=nonce, query=request.query_string, incident=view), nonce)
+
+
+def _html(page: str, nonce: str) -> web.Response:
+    """A server-rendered page: scripts and styles only with this response's nonce, nothing framed, no
+    referrer (the URL may carry ?access_token=), never cached."""
+    return web.Response(
+        text=page,
+        content_type="text/html",
+        headers={
+            "Content-Security-Policy": (
+                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                "frame-ancestors 'none'"
+            ),
+            "Referrer-Policy": "no-referrer",
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        },
+    )

@@ -17,6 +17,7 @@ from orchestrator.playbooks.journal import PAGE_DEFAULT, PAGE_MAX
 
 RUNS_LIMIT_MAX = PAGE_MAX
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+INCIDENT_ID_PATTERN = r"^inc-[A-Za-z0-9_-]{1,63}-[0-9]{1,9}$"
 
 
 JSON = "application/json"
@@ -294,6 +295,46 @@ ROUTES: tuple[Route, ...] = (
             401: Reply("No valid token: open the page with ?access_token=.", {"type": "string"}, "text/html"),
             503: Reply("A dependency is not available right now.", {"type": "string"}, "text/html"),
         },
+        query_token=True, tag="dashboard",
+    ),
+    Route(
+        "GET", "/runs/{id}", "run_page",
+        "One run's page: status, steps, recovery timeline (where notification links lead)", "viewer",
+        {
+            200: Reply("HTML page.", {"type": "string"}, "text/html"),
+            400: _ERROR,
+            404: Reply("No such run.", _ref("Error")),
+            **_AUTH_REPLIES,
+            **_UNAVAILABLE,
+        },
+        parameters=(
+            {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": RUN_ID_PATTERN},
+            },
+        ),
+        query_token=True, tag="dashboard",
+    ),
+    Route(
+        "GET", "/incidents/{id}", "incident_page",
+        "One incident's page: state, times, its runs (where notification links lead)", "viewer",
+        {
+            200: Reply("HTML page.", {"type": "string"}, "text/html"),
+            400: _ERROR,
+            404: Reply("No such incident.", _ref("Error")),
+            **_AUTH_REPLIES,
+            **_UNAVAILABLE,
+        },
+        parameters=(
+            {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": INCIDENT_ID_PATTERN},
+            },
+        ),
         query_token=True, tag="dashboard",
     ),
     Route(
