@@ -73,6 +73,17 @@ class IncidentBook:
             record = await self._create(open_id, cluster)
         return record if record.get("state") != "resolved" else None
 
+    async def of_run(self, cluster: str, run_id: str) -> dict[str, Any] | None:
+        """The cluster's latest incident when `run_id` already spoke about it, even resolved. A failback
+        that tells several notifiers resolves the incident with its first `notify`; its later steps must
+        still resolve that incident for their notifiers, not page about nothing in particular."""
+        found = await Bus.kv_get(self._kv, f"{OPEN_PREFIX}{cluster}")
+        n = found[0].get("n") if found else None
+        if not isinstance(n, int) or n < 1:
+            return None
+        record = await self.get(f"{ID_PREFIX}{cluster}-{n}")
+        return record if record is not None and run_id in record.get("runs", []) else None
+
     async def open(self, cluster: str, run_id: str) -> tuple[dict[str, Any], bool]:
         """The cluster's open incident, opened now when there is none; True when this call opened it.
         The run is added to the incident's runs either way."""

@@ -63,6 +63,9 @@ class Notify(Action):
         book = ctx.services.incidents
         incident_id = str(incident["id"])
         result["incident"] = incident_id
+        links = self._links(ctx, incident_id)
+        if "incident" in links:  # the run's events link to the incident (the step result is their detail)
+            result["incident_url"] = links["incident"]
         state = self._state(ctx, params, incident)
         if (incident.get("notified") or {}).get(params.notifier) == state:
             result["skipped"] = f"{params.notifier} was already told incident {incident_id} is {state}"
@@ -80,7 +83,7 @@ class Notify(Action):
             incident=incident_id,
             incident_state=state,
             resolve=state == "resolved",
-            links=self._links(ctx, incident_id),
+            links=links,
             thread=(incident.get("receipts") or {}).get(params.notifier),
         )
         ctx.fence()
@@ -99,9 +102,12 @@ class Notify(Action):
         if isinstance(known, str):
             found: dict[str, Any] | None = await book.get(known)
             return found
-        if opens_incident(dict(ctx.event)):
+        # An earlier step of this run may have resolved the incident (the failback's first notify, when
+        # it tells several notifiers): the run's incident is still that one, for this step too.
+        found = await book.of_run(cluster, ctx.run_id)
+        if found is None and opens_incident(dict(ctx.event)):
             found, _opened = await book.open(cluster, ctx.run_id)
-        else:
+        elif found is None:
             found = await book.open_for(cluster)
             if found is not None:
                 found = await book.join(found["id"], ctx.run_id)
