@@ -44,6 +44,7 @@ from orchestrator.probes.prober import Prober
 from orchestrator.runtime.drills import practice_runs
 from orchestrator.runtime.reconcile import Reconciler
 from orchestrator.runtime.reload import PlaybookWatcher
+from orchestrator.runtime.reposter import IncidentReposter
 from orchestrator.runtime.retention import RunRetention
 from orchestrator.runtime.watchdog import DrainWatchdog, catch_up_event
 
@@ -321,6 +322,8 @@ class Daemon:
             self.watcher = watcher = PlaybookWatcher(config, runner, self._system_event)
             supervisor.spawn("playbook-watcher", lambda: watcher.run(stop))
             supervisor.spawn("reconciler", lambda: reconciler.run(stop, active=lambda: leadership.is_leader))
+            reposter = IncidentReposter(services.incidents, notifiers, config.api.external_url)
+            supervisor.spawn("incident-reposter", lambda: reposter.run(stop, lambda: leadership.is_leader))
             retention = RunRetention(journal, config.runs.retention)
             supervisor.spawn("run-retention", lambda: retention.run(stop, lambda: leadership.is_leader))
             drills = practice_runs(
