@@ -5,11 +5,14 @@ attempts inside the rate-limit window. Real NATS and HAProxy; a receiver that ra
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 from aiohttp import web
 
 from orchestrator.bus.embedded import EmbeddedNats, free_port
+from orchestrator.core.errors import retry_after_s
 from orchestrator.notifiers import build_notifier
 from tests.test_notifiers_pd_am import PAGE, pagerduty
 from tests.test_runs import engine
@@ -47,3 +50,11 @@ async def test_a_429_with_retry_after_is_waited_out_then_delivered_once(
             assert seen[1] - seen[0] >= 0.9, f"retried after {seen[1] - seen[0]:.3f}s, not the asked 1s"
     finally:
         await runner.cleanup()
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date_and_nothing_else() -> None:
+    assert retry_after_s("7") == 7.0 and retry_after_s("0.5") == 0.5 and retry_after_s("-3") == 0.0
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= (retry_after_s(later) or 0) <= 31
+    for nothing in (None, "", "soon", "Wed, 99 Foo 2026", "Tue, 01 Jan 2030 00:00:00"):  # the last: no zone
+        assert retry_after_s(nothing) is None, nothing

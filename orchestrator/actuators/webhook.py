@@ -33,7 +33,7 @@ from orchestrator.actuators.base import Balancer, Fence, Term, no_fence
 from orchestrator.actuators.kube_lb import check_int, retry_temporary
 from orchestrator.core import signing
 from orchestrator.core.config_drivers import LoadBalancerConfig
-from orchestrator.core.errors import PermanentError, TemporaryError
+from orchestrator.core.errors import PermanentError, TemporaryError, retry_after_s
 
 log = structlog.get_logger(__name__)
 
@@ -117,8 +117,7 @@ class WebhookBalancer(Balancer):
         if status == 409:
             raise WebhookConflict(f"{text} (conflict)" + (f": {excerpt}" if excerpt else ""))
         if status >= 500 or status in (408, 429):
-            delay = float(retry_after) if retry_after.isdigit() else None
-            raise TemporaryError(text, delay_s=delay)
+            raise TemporaryError(text, delay_s=retry_after_s(retry_after))
         raise PermanentError(text + (f": {excerpt}" if excerpt else ""))
 
     async def _fetch(self) -> dict[str, int]:

@@ -7,6 +7,8 @@ client and re-raised as one of these with `raise ... from e`, so callers decide 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 
 class OrchestratorError(Exception):
@@ -19,6 +21,24 @@ class TemporaryError(OrchestratorError):
     def __init__(self, message: str, delay_s: float | None = None) -> None:
         super().__init__(message)
         self.delay_s = delay_s
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a server asks us to wait (`Retry-After`: a number of seconds or an HTTP date), or None
+    when it asks nothing readable. Carried as `TemporaryError.delay_s`; step retries honour it."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class PermanentError(OrchestratorError):

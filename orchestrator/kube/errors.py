@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from orchestrator.core.errors import OrchestratorError, PermanentError, TemporaryError
+from orchestrator.core.errors import OrchestratorError, PermanentError, TemporaryError, retry_after_s
 
 
 class ConflictError(TemporaryError):
@@ -57,7 +57,7 @@ def translate(e: BaseException, what: str) -> OrchestratorError:
             return ConflictError(text, reason or "Conflict")
         if e.status == 429:
             retry_after = str(e.headers.get("Retry-After", "")) if e.headers is not None else ""
-            return TemporaryError(text, delay_s=float(retry_after) if retry_after.isdigit() else None)
+            return TemporaryError(text, delay_s=retry_after_s(retry_after))
         if e.status >= 500 or e.status in (408, 410):
             return TemporaryError(text)
         return PermanentError(text)

@@ -15,7 +15,7 @@ import aiohttp
 
 from orchestrator.core import signing
 from orchestrator.core.config_drivers import NotifierConfig, WebhookTarget
-from orchestrator.core.errors import PermanentError, TemporaryError
+from orchestrator.core.errors import PermanentError, TemporaryError, retry_after_s
 from orchestrator.core.models import rfc3339, utc_now
 
 Severity = Literal["info", "warning", "error", "critical"]
@@ -79,13 +79,13 @@ class Notifier:
             ) as resp:
                 if resp.status < 300:
                     return
-                status = resp.status
+                status, delay = resp.status, retry_after_s(resp.headers.get("Retry-After"))
         except TimeoutError as e:
             raise TemporaryError(f"notifier {self.name}: timed out after {timeout_s:g}s") from e
         except aiohttp.ClientError as e:
             raise TemporaryError(f"notifier {self.name}: {type(e).__name__}") from e
         if status >= 500 or status == 429:
-            raise TemporaryError(f"notifier {self.name}: HTTP {status}")
+            raise TemporaryError(f"notifier {self.name}: HTTP {status}", delay_s=delay)
         raise PermanentError(f"notifier {self.name}: HTTP {status}")
 
 

@@ -11,13 +11,12 @@ never part of an error or a log line, even if PagerDuty were to echo it back.
 from __future__ import annotations
 
 import json
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 
 from orchestrator.core.config_drivers import PagerDutyConfig
-from orchestrator.core.errors import PermanentError, TemporaryError
+from orchestrator.core.errors import PermanentError, TemporaryError, retry_after_s
 from orchestrator.core.models import rfc3339, utc_now
 from orchestrator.notifiers.base import Notification, Notifier
 
@@ -25,20 +24,6 @@ SUMMARY_MAX = 1024
 """PagerDuty refuses a longer `payload.summary` (400), so it is cut here."""
 DEDUP_KEY_MAX = 255
 _LINK_TEXT = {"run": "Failover run", "incident": "Failover incident"}
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - utc_now()).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 def cut(text: str, limit: int) -> str:
@@ -111,7 +96,7 @@ async def post_json(
                 return
             status = resp.status
             text = await resp.text(errors="replace")
-            delay = retry_after(resp.headers.get("Retry-After"))
+            delay = retry_after_s(resp.headers.get("Retry-After"))
     except TimeoutError as e:
         raise TemporaryError(f"notifier {notifier.name}: timed out after {timeout_s:g}s") from e
     except aiohttp.ClientError as e:

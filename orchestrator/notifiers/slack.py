@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from orchestrator.core.config_drivers import SlackNotifier as SlackConfig
-from orchestrator.core.errors import PermanentError, TemporaryError
+from orchestrator.core.errors import PermanentError, TemporaryError, retry_after_s
 from orchestrator.notifiers.base import Notification, Notifier
 
 log = logging.getLogger(__name__)
@@ -145,13 +145,6 @@ def _code(answer: Any) -> str:
     return raw if isinstance(raw, str) and re.fullmatch(r"[a-z0-9_]{1,64}", raw) else "unknown_error"
 
 
-def _retry_after(headers: Any) -> float | None:
-    try:
-        return max(0.0, float(headers.get("Retry-After", "")))
-    except ValueError:
-        return None
-
-
 class SlackNotifier(Notifier):
     """`slack: {webhook_url}` posts each notification on its own; `slack: {bot_token, channel}` threads
     an incident's notifications under its first message and keeps that message current."""
@@ -217,7 +210,7 @@ class SlackNotifier(Notifier):
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as resp:
-                status, delay = resp.status, _retry_after(resp.headers)
+                status, delay = resp.status, retry_after_s(resp.headers.get("Retry-After"))
                 raw = await resp.read()
         except TimeoutError as e:
             raise TemporaryError(f"notifier {self.name}: Slack {what}: timed out after {timeout:g}s") from e

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from orchestrator.core.errors import PermanentError, TemporaryError
+from orchestrator.core.errors import PermanentError, TemporaryError, retry_after_s
 from orchestrator.notifiers.base import Notification, Notifier
 
 CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
@@ -124,9 +124,6 @@ class TeamsNotifier(Notifier):
         if status < 300:
             return None
         if status == 429 or status >= 500:
-            try:
-                delay: float | None = max(0.0, float(retry_after))
-            except ValueError:
-                delay = None
+            delay = retry_after_s(retry_after)
             raise TemporaryError(f"notifier {self.name}: Teams workflow: HTTP {status}", delay_s=delay)
         raise PermanentError(f"notifier {self.name}: Teams workflow: HTTP {status}")
