@@ -158,15 +158,20 @@ class Handlers:
             return json_error(400, "open must be true or false")
         return web.json_response(await self.incidents_view(raw == "true"), dumps=dumps)
 
-    async def run(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+    async def _run_record(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The run `{id}` names, or the error answer (400 bad id, 503 no journal, 404 no such run)."""
         run_id = request.match_info["id"]
         if not _RUN_ID.match(run_id):
             return json_error(400, f"a run id matches {RUN_ID_PATTERN}")
         if self.ctx.journal is None:
             return json_error(503, "the run journal is not available")
         record = await self.ctx.journal.read(run_id)
-        if record is None:
-            return json_error(404, f"no run {run_id}")
+        return json_error(404, f"no run {run_id}") if record is None else record
+
+    async def run(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        record = await self._run_record(request)
+        if isinstance(record, web.Response):
+            return record
         # secret values, secret-looking keys and URL parameters, whatever an older writer journalled
         return web.json_response(redact.redact(record), dumps=dumps)
 
@@ -219,14 +224,9 @@ class Handlers:
 
     async def run_page(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
         """`/runs/<id>`: the page a notification's run link opens (DESIGN §13, `api.external_url`)."""
-        run_id = request.match_info["id"]
-        if not _RUN_ID.match(run_id):
-            return json_error(400, f"a run id matches {RUN_ID_PATTERN}")
-        if self.ctx.journal is None:
-            return json_error(503, "the run journal is not available")
-        record = await self.ctx.journal.read(run_id)
-        if record is None:
-            return json_error(404, f"no run {run_id}")
+        record = await self._run_record(request)
+        if isinstance(record, web.Response):
+            return record
         nonce = secrets.token_urlsafe(16)
         summary = redact.redact(run_summary(record))
         return _html(dashboard.render_page(nonce=nonce, query=request.query_string, run=summary), nonce)
