@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 packages:
-	@scripts/ensure-packages.sh haproxy chromium prometheus-alertmanager
+	@scripts/ensure-packages.sh haproxy chromium prometheus-alertmanager prometheus bind9 bind9-utils pdns-server pdns-backend-sqlite3
 
 lint: install
 	$(BIN)/ruff check orchestrator tests bench chaos
