@@ -175,6 +175,22 @@ async def test_one_message_per_incident_state_and_a_storm_is_one_message(bus: Bu
     assert oncall.sent[-1].incident is None and oncall.sent[-1].dedup_key == "r7.page"
 
 
+async def test_a_failback_of_a_cluster_with_no_incident_tells_nobody(bus: Bus) -> None:
+    """A cluster that was only degraded recovers: its failback's `resolve: true` message has nothing
+    to resolve, and on-call is not told "ap-south is back" about an outage nobody was paged for (found
+    by `failover demo`)."""
+    oncall = ReceiptNotifier("oncall")
+    services = Services(config(), {}, {"oncall": oncall}, dict, incidents=IncidentBook(StateStore(bus)))
+    back = {"type": "cluster.recovered", "cluster": "ap-south", "from": "degraded"}
+    result = await notify(services, "r1", back, step="tell", summary="ap-south is back", resolve=True)
+    assert result["skipped"] == "ap-south has no open incident: nothing to resolve"
+    assert oncall.sent == []
+    # the same message for a cluster whose incident is open resolves it, as before
+    await notify(services, "r2", {"type": "cluster.failed", "cluster": "ap-south"}, summary="down")
+    resolved = await notify(services, "r3", back, step="tell", summary="ap-south is back", resolve=True)
+    assert resolved["incident_state"] == "resolved" and [n.resolve for n in oncall.sent] == [False, True]
+
+
 async def test_a_bad_incident_record_is_quarantined(bus: Bus) -> None:
     await Bus.kv_put(bus.kv.state, "incident.inc-us-east-1", {"id": "inc-us-east-1", "state": "exploded"})
     await Bus.kv_put(bus.kv.state, "incident.open.us-east", {"n": "many"})

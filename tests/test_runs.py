@@ -235,6 +235,25 @@ async def test_a_cluster_that_fails_again_during_its_ramped_failback_is_drained_
         assert await e.store.original_lb("global", "us-east") == 100
 
 
+async def test_a_ramped_failback_never_lowers_a_weight_it_did_not_take(
+    nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
+) -> None:
+    """A cluster that was only degraded (below quorum) recovers without having been drained: its
+    failback's ramp must not take it from 100 down to 25 and back up (found by `failover demo`)."""
+    books = {"restore": restore("[25, 50, 100]", "200ms")}
+    async with engine(tmp_path, nats_server, haproxy_binary, books) as e:
+        [failback] = await e.event("cluster.recovered", "ap-south")
+        record = await e.finished(failback)
+        assert record["status"] == "succeeded"
+        assert await e.fleet.weights() == {"eu-west": 100, "us-east": 100, "ap-south": 100}
+        assert e.counter.sets("ap1") == []  # not one write: every ramp step is at or under 100
+        # a cluster drained to 0 still ramps through every step
+        await e.services.balancers["global"].set_weight("us-east", 0)
+        [ramped] = await e.event("cluster.recovered", "us-east")
+        assert (await e.finished(ramped))["status"] == "succeeded"
+        assert [c.split()[-1] for c in e.counter.sets("us1")][-3:] == ["25", "50", "100"]
+
+
 async def test_two_runs_racing_never_drain_the_last_healthy_cluster(
     nats_server: EmbeddedNats, haproxy_binary: str, tmp_path: Path
 ) -> None:

@@ -148,13 +148,18 @@ def plan(
 @app.command()
 def demo(
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where to keep demo state.")] = None,
-    recovery_hold: Annotated[str, typer.Option("--recovery-hold", help="Hold before failback.")] = "10s",
+    recovery_hold: Annotated[str, typer.Option("--recovery-hold", help="Hold before failback.")] = "5s",
+    keep: Annotated[
+        bool,
+        typer.Option("--keep", help="Stay up afterwards with the dashboard's URL printed (Ctrl-C ends)."),
+    ] = False,
 ) -> None:
-    """Local sandbox: embedded NATS, three simulated clusters behind HAProxy, a failure and a recovery."""
+    """The product on one machine: NATS, three sandbox Kubernetes clusters behind HAProxy, three probing
+    vantages; a partition below quorum, a failure with scaling and an incident, an approved failback."""
     from orchestrator.cli.demo import run_demo
 
     try:
-        code = asyncio.run(run_demo(state_dir, recovery_hold))
+        code = asyncio.run(run_demo(state_dir, recovery_hold, keep=keep))
     except OrchestratorError as e:
         raise _fail(f"error: {e}") from None
     raise typer.Exit(code)

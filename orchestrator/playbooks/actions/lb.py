@@ -109,13 +109,19 @@ class LbRestore(Action):
         done = int(ctx.journal.get("ramp_done", 0))
         expect = int(ctx.journal.get("last_set", ctx.before if ctx.before is not None else 0))
         changes: list[str] = list(ctx.journal.get("changes", []))
+        stepped = done > 0
         for i in range(done, len(steps)):
-            if i:
+            if steps[i] <= expect and ctx.journal.get("pending") != steps[i]:
+                # a ramp never lowers a weight: a cluster that was only degraded (never drained) keeps
+                # its full weight through its failback, and a resumed ramp does not repeat a step
+                continue
+            if stepped:
                 # journalled as a wall-clock time (a resumed ramp keeps it), waited on the monotonic clock
                 await ctx.sleep_until(ctx.deadline("next_at", params.interval_s))
+            stepped = True
             state = ctx.services.cluster_states().get(params.cluster, "unknown")
             if params.gate and state != "healthy" and not ctx.force:  # every step, the first included
-                where = f"after the ramp step to {steps[i - 1]}" if i else "before the first ramp step"
+                where = f"after the ramp step to {expect}" if i else "before the first ramp step"
                 raise PermanentError(f"health gate: {params.cluster} is {state} {where}; the ramp stops here")
             if ctx.journal.get("pending") == steps[i] and i == done:
                 # resumed after a crash between the set and its journal entry: the weight we find is

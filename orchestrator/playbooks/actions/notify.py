@@ -45,6 +45,10 @@ class Notify(Action):
         cluster = cluster if isinstance(cluster, str) else None
         result: dict[str, Any] = {"notifier": params.notifier, "severity": params.severity}
         incident = await self._incident(ctx, cluster)
+        if incident is None and params.resolve and cluster is not None and ctx.services.incidents is not None:
+            # a cluster that was only degraded recovers: nobody was paged, so nobody is told it is over
+            result["skipped"] = f"{cluster} has no open incident: nothing to resolve"
+            return result
         if incident is None:
             details = {**params.details, **await self._storm(ctx)}
             note = Notification(
