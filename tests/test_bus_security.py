@@ -383,5 +383,38 @@ async def test_a_stand_alone_prober_runs_with_the_prober_credential(tmp_path: Pa
             await app.stop()
 
 
+async def test_a_prober_started_before_the_daemon_probes_at_once_and_finds_the_baselines_later(
+    tmp_path: Path, nats_binary: str
+) -> None:
+    """Probers run in the workload clusters and start in any order with the management cluster: one
+    that starts before the daemon has created its KV buckets must not exit (it did: `BucketNotFound`)."""
+    app = AppServer("eu", free_port())
+    await app.start()
+    async with secured_server(tmp_path) as s:
+        stop = asyncio.Event()
+        bus = await Bus.connect(NatsConfig(url=s.url("daemon")), tmp_path, name="daemon")
+        try:
+            reports = await collect(bus, f"failover.health.{VANTAGE}.>")
+            (tmp_path / "probe.yaml").write_text(
+                f"state_dir: {tmp_path / 'state'}\n"
+                f"nats: {{url: '{s.url(VANTAGE)}'}}\n"
+                f"probing: {{interval: 200ms, timeout: 150ms, jitter: 0s, vantage: {VANTAGE}}}\n"
+                f"detection: {{vantages: [{VANTAGE}]}}\n"
+                "clusters:\n"
+                f"  - {{name: eu, probes: [{{name: ingress, http: {{url: '{app.url}/healthz'}}}}]}}\n"
+            )
+            prober = asyncio.create_task(run_prober(load_config(tmp_path / "probe.yaml"), VANTAGE, stop))
+            await wait_for(lambda: _count(reports, 2), 10, "reports before the daemon's buckets exist")
+            assert not prober.done(), prober
+            await bus.ensure_topology()  # the daemon starts
+            seen = len(reports)
+            await wait_for(lambda: _count(reports, seen + 2), 10, "reports after")
+            assert not prober.done(), prober
+        finally:
+            stop.set()
+            await bus.close()
+            await app.stop()
+
+
 async def _count(items: list[Any], n: int) -> bool:
     return len(items) >= n

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from typing import Any
 
 import structlog
 
@@ -13,7 +14,7 @@ from orchestrator.bus.natsauth import prober_inbox
 from orchestrator.bus.state import read_original_scale
 from orchestrator.core.config import Config
 from orchestrator.core.config_clusters import VANTAGE_RE
-from orchestrator.core.errors import PermanentError
+from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.probes.prober import Prober
 
 log = structlog.get_logger(__name__)
@@ -45,10 +46,22 @@ async def run_prober(config: Config, vantage: str | None, stop: asyncio.Event | 
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        state = await bus.state_bucket()  # the scale baselines kube_workload needs; read-only
+        state: list[Any] = []  # the state bucket, once the daemon has created it
+        warned: list[bool] = []
 
         async def baseline(cluster: str, namespace: str, kind: str, workload: str) -> int | None:
-            return await read_original_scale(state, cluster, namespace, kind, workload)
+            """The scale baselines kube_workload needs, read-only. A prober may start before the
+            daemon has created the bucket (they start in any order): it probes at once and reads the
+            baselines once the bucket exists; until then the spec alone counts."""
+            if not state:
+                try:
+                    state.append(await bus.state_bucket())
+                except TemporaryError as e:
+                    if not warned:  # once, not at every probe
+                        warned.append(True)
+                        log.warning("probe.baselines_unavailable", error=str(e), hint="daemon not up yet?")
+                    return None
+            return await read_original_scale(state[0], cluster, namespace, kind, workload)
 
         await Prober(config, bus.publish_live, vantage=name, baseline=baseline).run(stop)
     finally:
