@@ -132,6 +132,27 @@ async def test_survivors_absorb_from_the_baseline_and_return_to_it(env: Env) -> 
     assert [env.replicas(c) for c in CLUSTERS] == [6, 6, 6]
 
 
+async def test_a_cluster_healthy_again_but_still_drained_serves_nothing_yet(env: Env) -> None:
+    """A cluster that recovered but whose traffic is not back (its failback waits for approval, or it was
+    drained by hand) carries no load: the survivors keep what they absorbed. Before, another cluster's
+    failback shrank them to baseline while us-east was still at weight 0 (found by `failover demo`)."""
+    env.states["us-east"] = "failed"
+    assert [await absorb(env, c, ["us-east"]) for c in ("eu-west", "ap-south")] == [9, 9]
+    await env.store.put("desired.lb.edge.us-east", {"weight": 0})  # the drain we hold
+    env.states["us-east"] = "healthy"  # recovered; its failback has not given the traffic back yet
+    change, why = await env.scaler.restore(env.w("eu-west"))
+    assert change is None and "already at 9" in why, why
+    assert env.replicas("eu-west") == 9
+    plan = await env.scaler.plan_restore(env.w("ap-south"))
+    assert plan["target"] is None and not plan["restore_baseline"]
+    # a cluster drained by hand for maintenance, healthy all along, is absorbed by the others as well
+    assert env.scaler.weights(await env.scaler.not_serving(["eu-west"])) == (300, 100)
+
+    await env.store.delete("desired.lb.edge.us-east")  # the failback's ramp finished: every cluster serves
+    change, why = await env.scaler.restore(env.w("eu-west"))
+    assert change is not None and change.after == 6 and "record deleted" in why
+
+
 async def test_restore_leaves_a_humans_value_alone_and_says_so(env: Env) -> None:
     env.states["us-east"] = "failed"
     await absorb(env, "eu-west", ["us-east"])

@@ -146,6 +146,14 @@ class ScaleActuator:
 
     # the formula ---------------------------------------------------------------------------------
 
+    async def not_serving(self, absent: Iterable[str] = (), sizing: str | None = None) -> list[str]:
+        """`absent` and every cluster whose drain we hold (`desired.lb.*.<cluster>` at 0): a cluster
+        that recovered but whose failback has not given its traffic back yet (waiting for approval, in
+        its readiness wait), or one drained by hand, carries none of the load. `sizing`, the cluster
+        whose workload is being sized, counts as serving: a failback sizes it for when it serves."""
+        held = {c for (_balancer, c), weight in (await self.store.desired_weights()).items() if weight == 0}
+        return sorted({*absent, *(held - {sizing})})
+
     def weights(self, absent: Iterable[str]) -> tuple[int, int]:
         """(total nominal weight of all clusters, nominal weight of those serving), where serving means
         not failed and not in `absent` (the clusters whose load is being absorbed)."""
@@ -280,7 +288,7 @@ class ScaleActuator:
             plan["drift"] = f"expected {record['set']} (ours), found {current.effective}; left as it is"
             plan["reason"] = "drift"
             return plan
-        total, surviving = self.weights(())
+        total, surviving = self.weights(await self.not_serving(sizing=w.cluster))
         if surviving == total:
             if record is None:
                 plan["reason"] = "nothing to restore: no scale-out was recorded"

@@ -88,7 +88,7 @@ class K8sScale(Action):
             )
         else:
             absent = [params.absorb] if isinstance(params.absorb, str) else list(params.absorb or [])
-            total, surviving = scaler.weights(absent)
+            total, surviving = scaler.weights(await scaler.not_serving(absent, sizing=w.cluster))
             target = scaler.absorb_target(baseline, current, total, surviving, None)
             basis = {
                 "baseline": baseline,
