@@ -13,6 +13,8 @@ present() {
   case "$1" in
     haproxy) command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] ;;
     chromium) command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] ;;
+    bind9) [ -x /usr/sbin/named ] ;;
+    pdns-server) [ -x /usr/sbin/pdns_server ] ;;
     *) dpkg -s "$1" >/dev/null 2>&1 ;;
   esac
 }
@@ -30,6 +32,13 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   # the haproxy package may start a system haproxy; ours run from their own configs
   if [[ " ${missing[*]} " == *" haproxy "* ]]; then
     (command -v service >/dev/null 2>&1 && service haproxy stop >/dev/null 2>&1) || true
+  fi
+  # bind9 and pdns-server start system daemons on port 53: the tests run their own on loopback ports
+  if [[ " ${missing[*]} " == *" bind9 "* ]]; then
+    (command -v service >/dev/null 2>&1 && service named stop >/dev/null 2>&1) || true
+  fi
+  if [[ " ${missing[*]} " == *" pdns-server "* ]]; then
+    (command -v service >/dev/null 2>&1 && service pdns stop >/dev/null 2>&1) || true
   fi
   exit 0
 fi

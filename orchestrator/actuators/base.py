@@ -52,6 +52,9 @@ class Balancer(ABC):
 
     #: the largest native weight the driver accepts
     max_weight: int
+    #: a weight changed by someone else while we hold ours is put back (and reported as drift); DNS
+    #: drivers only report it, since nothing reverts a record by accident (DESIGN §16)
+    reassert_drift: bool = True
 
     def __init__(self, config: LoadBalancerConfig, *, term: Term | None = None) -> None:
         self.config = config

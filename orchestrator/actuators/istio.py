@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.actuators.base import Term
@@ -50,6 +50,40 @@ def split_percent(relative: Sequence[int], total: int = TOTAL) -> list[int]:
     for i in order[: total - sum(shares)]:
         shares[i] += 1
     return shares
+
+
+def lay_out_members(
+    weights: Sequence[int],
+    positions: Mapping[str, int],
+    relative: Mapping[str, int],
+    total: int,
+    over: str,
+    all_zero: Callable[[int], str],
+) -> list[int]:
+    """`weights` with the members' entries replaced by their share of what the others leave of `total`.
+
+    Shared by the drivers whose native weights are relative (Istio, Consul): `positions` maps each
+    member cluster to its entry's index, `relative` gives its relative weight. The entries that are not
+    members keep their weight; taking more than `total` between them is a PermanentError(`over`), and
+    so is every member at 0 while some traffic remains (`all_zero(remaining)`): that would leave the
+    remaining traffic nowhere to go.
+    """
+    laid = list(weights)
+    members = sorted(positions.values())
+    remaining = total - sum(w for i, w in enumerate(laid) if i not in members)
+    if remaining < 0:
+        raise PermanentError(over)
+    by_position = {position: cluster for cluster, position in positions.items()}
+    wanted = [relative[by_position[i]] for i in members]
+    if sum(wanted) == 0:
+        if remaining:
+            raise PermanentError(all_zero(remaining))
+        shares = [0] * len(members)
+    else:
+        shares = split_percent(wanted, remaining)
+    for i, share in zip(members, shares, strict=True):
+        laid[i] = share
+    return laid
 
 
 def _host(destination: dict[str, Any]) -> object:
@@ -104,25 +138,17 @@ class IstioBalancer(KubeObjectBalancer):
     def _layout(self, destinations: list[dict[str, Any]], relative: Mapping[str, int]) -> list[int]:
         """The route's weights, in destination order, that carry these relative member weights."""
         positions = self._positions(destinations)
-        weights = self._actual(destinations)
-        members = sorted(positions.values())
-        remaining = TOTAL - sum(w for i, w in enumerate(weights) if i not in members)
-        if remaining < 0:
-            raise PermanentError(f"{self.what}: destinations that are not members already take over {TOTAL}")
-        by_position = {position: cluster for cluster, position in positions.items()}
-        wanted = [relative[by_position[i]] for i in members]
-        if sum(wanted) == 0:
-            if remaining:
-                raise PermanentError(
-                    f"{self.what}: refusing to set every member of {self.key} to 0 "
-                    f"({remaining}% of the traffic would have no destination)"
-                )
-            shares = [0] * len(members)
-        else:
-            shares = split_percent(wanted, remaining)
-        for i, share in zip(members, shares, strict=True):
-            weights[i] = share
-        return weights
+        return lay_out_members(
+            self._actual(destinations),
+            positions,
+            relative,
+            TOTAL,
+            f"{self.what}: destinations that are not members already take over {TOTAL}",
+            lambda remaining: (
+                f"{self.what}: refusing to set every member of {self.key} to 0 "
+                f"({remaining}% of the traffic would have no destination)"
+            ),
+        )
 
     def _annotation(self, obj: dict[str, Any]) -> dict[str, Any]:
         raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)

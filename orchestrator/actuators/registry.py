@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from orchestrator.actuators.base import Balancer, Term
+from orchestrator.actuators.consul import ConsulBalancer
+from orchestrator.actuators.emissary import EmissaryBalancer
+from orchestrator.actuators.external_dns import ExternalDnsBalancer
 from orchestrator.actuators.gateway_api import GatewayApiBalancer
 from orchestrator.actuators.haproxy import HAProxyBalancer
 from orchestrator.actuators.istio import IstioBalancer
+from orchestrator.actuators.powerdns import PowerDnsBalancer
+from orchestrator.actuators.rfc2136 import Rfc2136Balancer
 from orchestrator.actuators.smi import SmiBalancer
 from orchestrator.actuators.webhook import WebhookBalancer
 from orchestrator.core.config_drivers import LoadBalancerConfig
@@ -17,6 +22,11 @@ DRIVERS: dict[str, type[Balancer]] = {
     "istio": IstioBalancer,
     "smi": SmiBalancer,
     "webhook": WebhookBalancer,
+    "emissary": EmissaryBalancer,
+    "external_dns": ExternalDnsBalancer,
+    "consul": ConsulBalancer,
+    "rfc2136": Rfc2136Balancer,
+    "powerdns": PowerDnsBalancer,
 }
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 from email.utils import parseaddr
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
+from orchestrator.core.config_dns import DNS_DRIVERS, PowerDnsLb, Rfc2136Lb, split_dns_members
+from orchestrator.core.config_edge import split_target_members
 from orchestrator.core.config_fields import HttpUrlStr, Model, Name, Seconds
 
 
@@ -60,19 +62,92 @@ class WebhookTarget(Model):
     headers: dict[str, str] = {}
 
 
-LB_DRIVERS = ("haproxy", "gateway_api", "istio", "smi", "webhook")
+class EmissaryLb(Model):
+    """Emissary-ingress / Edge Stack: one `Mapping` per cluster (the members name them), all in one
+    namespace and sharing a prefix, whose `weight` is the share of that prefix's traffic."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str
+
+
+class ExternalDnsLb(Model):
+    """external-dns's `DNSEndpoint` CRD: the members' addresses are added to and removed from the
+    targets of the endpoint(s) named `dns_name` (A and AAAA alike); external-dns publishes the change."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str
+    dns_endpoint: str
+    """The DNSEndpoint object's name."""
+    dns_name: str = Field(min_length=1)
+    """The `spec.endpoints[].dnsName` whose targets the members are (`www.example.com`)."""
+    set_identifier: str | None = None
+    """Only the endpoints with this `setIdentifier` (weighted or geo records of some providers)."""
+
+
+class ConsulLb(Model):
+    """A Consul `service-splitter` config entry, written through the HTTP API with check-and-set."""
+
+    address: HttpUrlStr = "http://127.0.0.1:8500"
+    """The HTTP API of a Consul agent or server (`https://consul.service:8501`)."""
+    token: SecretStr | None = None
+    """An ACL token with `service:read` and `service:write` on the splitter's service."""
+    service: str = Field(min_length=1)
+    """The splitter's name, which is the service whose traffic it splits."""
+    datacenter: str | None = None
+    namespace: str | None = None
+    """Consul Enterprise namespace of the entry (`?ns=`)."""
+    partition: str | None = None
+    """Consul Enterprise admin partition of the entry (`?partition=`)."""
+    ca: str | None = None
+    """CA bundle that signed an https `address`'s certificate (default: the system's)."""
+    timeout_s: Seconds = Field(default=5.0, alias="timeout", gt=0)
+
+
+LB_DRIVERS: tuple[str, ...] = ("haproxy", "gateway_api", "istio", "smi", "webhook")
+LB_DRIVERS += ("emissary", "external_dns", "consul")
+LB_DRIVERS += DNS_DRIVERS
 
 
 class LoadBalancerConfig(Model):
     name: Name
-    driver: Literal["haproxy", "gateway_api", "istio", "smi", "webhook"]
+    driver: Literal[
+        "haproxy",
+        "gateway_api",
+        "istio",
+        "smi",
+        "webhook",
+        "emissary",
+        "external_dns",
+        "consul",
+        "rfc2136",
+        "powerdns",
+    ]
     haproxy: HaproxyLb | None = None
     gateway_api: GatewayApiLb | None = None
     istio: IstioLb | None = None
     smi: SmiLb | None = None
     webhook: WebhookTarget | None = None
+    emissary: EmissaryLb | None = None
+    external_dns: ExternalDnsLb | None = None
+    consul: ConsulLb | None = None
+    rfc2136: Rfc2136Lb | None = None
+    powerdns: PowerDnsLb | None = None
     members: dict[str, str] = Field(min_length=1)
     """cluster name -> the balancer's name for it (HAProxy server, backendRef, destination host)."""
+    addresses: dict[str, list[str]] = {}
+    """DNS drivers: cluster -> its addresses, moved here from `members` (`config_dns.split_dns_members`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dns_members(cls, data: Any) -> Any:
+        return split_dns_members(data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _external_dns_members(cls, data: Any) -> Any:
+        return split_target_members(data)
 
     @model_validator(mode="after")
     def _driver_section(self) -> LoadBalancerConfig:

@@ -10,6 +10,9 @@ never moved). The marks, in the order a recovery passes them:
   or a message); waiting, approvals and notifications to people are not effects on the service;
 - `traffic_moved_at`: an `lb.drain` step read the balancer back with the cluster drained;
 - `verified_at`: the last step that read its change back through a balancer (`lb.*` with verify on);
+- `dns_changed_at`, `ttl_expires_at`: for a DNS balancer (its step's result carries `ttl_s`), when the
+  record was read back changed, and when the TTL served before the change runs out: until then a
+  resolver that cached the old answer still hands it out (k8gb's and Route 53's "+ TTL");
 - `finished_at`: when the run ended.
 
 `stages` turns the marks into the durations `failover_recovery_seconds{stage}` observes, `table` into the
@@ -29,6 +32,8 @@ MARKS: tuple[tuple[str, str], ...] = (
     ("run_started_at", "run started"),
     ("first_effect_at", "first effect"),
     ("traffic_moved_at", "traffic moved"),
+    ("dns_changed_at", "DNS record changed"),
+    ("ttl_expires_at", "DNS TTL expired"),
     ("verified_at", "verified"),
     ("finished_at", "finished"),
 )
@@ -40,6 +45,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("start", "event_at", "run_started_at"),
     ("act", "run_started_at", "first_effect_at"),
     ("moved", "first_failure_at", "traffic_moved_at"),
+    ("resolvers", "first_failure_at", "ttl_expires_at"),
     ("total", "first_failure_at", "finished_at"),
 )
 """stage -> (from mark, to mark): the `stage` label of `failover_recovery_seconds`."""
@@ -111,8 +117,25 @@ def mark_verified(record: dict[str, Any], step: Mapping[str, Any], wall: float) 
     made = {"verified_at": now}
     if action == "lb.drain" and "traffic_moved_at" not in marks:
         made["traffic_moved_at"] = now
+    ttl_s = _dns_ttl_s(record, step)
+    if ttl_s is not None and "dns_changed_at" not in marks:
+        made.update(dns_changed_at=now, ttl_expires_at=_stamp(wall + ttl_s))
     marks.update(made)
     return made
+
+
+def _dns_ttl_s(record: Mapping[str, Any], step: Mapping[str, Any]) -> float | None:
+    """The TTL a DNS balancer's step reports in its result (the largest, over `for_each` items); None
+    for other balancers and for a restore that found drift and changed nothing."""
+    entry = (record.get("steps") or {}).get(str(step.get("id")))
+    result = entry.get("result") if isinstance(entry, Mapping) else None
+    results = result if isinstance(result, list) else [result]
+    ttls = [
+        float(r["ttl_s"])
+        for r in results
+        if isinstance(r, Mapping) and isinstance(r.get("ttl_s"), int | float) and not r.get("drift")
+    ]
+    return max(ttls) if ttls else None
 
 
 def finish(record: dict[str, Any], finished_at: str) -> dict[str, Any]:

@@ -131,6 +131,25 @@ RESOURCES: tuple[ResourceType, ...] = (
         short_names=("ts",),
         custom=True,
     ),
+    ResourceType(  # stored as v2; v3alpha1 is what Emissary 3.x documents and our driver writes
+        "getambassador.io",
+        ("v2", "v1", "v3alpha1"),
+        "mappings",
+        "mapping",
+        "Mapping",
+        categories=("ambassador-crds",),
+        status=True,
+        custom=True,
+    ),
+    ResourceType(
+        "externaldns.k8s.io",
+        ("v1alpha1",),
+        "dnsendpoints",
+        "dnsendpoint",
+        "DNSEndpoint",
+        status=True,
+        custom=True,
+    ),
 )
 
 _BY_PATH = {(rt.group, v, rt.plural): rt for rt in RESOURCES for v in rt.versions}

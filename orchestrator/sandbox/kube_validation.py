@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+from orchestrator.sandbox.kube_crds_edge import validate_dnsendpoint, validate_mapping
 from orchestrator.sandbox.kube_patch import selector_matches
 from orchestrator.sandbox.kube_resources import ResourceType
 from orchestrator.sandbox.kube_status import (
@@ -381,6 +382,10 @@ def default_and_validate(
         causes += _virtualservice_schema(obj)
     elif rt.plural == "trafficsplits":
         causes += _trafficsplit(obj)
+    elif rt.plural == "mappings":
+        causes += validate_mapping(obj)
+    elif rt.plural == "dnsendpoints":
+        causes += validate_dnsendpoint(obj)
     elif rt.plural == "networkpolicies":
         causes += _networkpolicy(obj)
     if causes:

@@ -9,13 +9,45 @@ All go through the balancer's actuator, which holds the per-balancer lock and en
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import Field, model_validator
 
+from orchestrator.actuators.dns_rrset import DnsBalancer
+from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.core.config_fields import Seconds
 from orchestrator.core.errors import PermanentError
 from orchestrator.playbooks.actions.base import Action, Params, Preempted, StepContext, register
+
+
+def dns_timing(actuator: BalancerActuator, clusters: Iterable[str]) -> dict[str, Any]:
+    """`ttl_s` for a DNS balancer: resolvers may serve the answer from before the change this long (the
+    run's timeline marks `ttl_expires_at` from it); nothing for balancers without caches.
+
+    The TTL is the one the change for these clusters read right before it wrote (a run owns its
+    cluster, so no other change replaces it), never what a later read (the read-back, the reconciler,
+    readiness) saw: adding our records re-times the RRset, and resolvers cached the old TTL."""
+    balancer = actuator.balancer
+    if not isinstance(balancer, DnsBalancer):
+        return {}
+    ttls = [balancer.ttl_before_change_s.get(cluster, balancer.ttl_s) for cluster in clusters]
+    return {"ttl_s": max(ttls, default=balancer.ttl_s)}
+
+
+async def dns_plan(actuator: BalancerActuator) -> list[str]:
+    """For `failover plan` on a DNS balancer: the RRset served now, and the two times the run's timeline
+    will record (the record changed; the TTL served before it ran out for resolvers)."""
+    balancer = actuator.balancer
+    if not isinstance(balancer, DnsBalancer):
+        return []
+    view = await balancer.read_view()
+    served, ttl = balancer.describe_view(view), balancer.resolver_ttl_s(view)
+    return [
+        f"DNS now: {served}",
+        f"DNS timing: record changed when this step runs (dns_changed_at); TTL expired {ttl}s later "
+        f"(ttl_expires_at), until then resolvers may still answer from the old RRset",
+    ]
 
 
 class DrainParams(Params):
@@ -45,6 +77,7 @@ class LbDrain(Action):
             "before": before,
             "after": 0,
             "change": f"{change.balancer}/{change.cluster} weight {before} -> 0",
+            **dns_timing(ctx.balancer(params.balancer), [params.cluster]),
         }
 
     async def verify(self, ctx: StepContext, params: DrainParams, result: dict[str, Any]) -> str | None:
@@ -56,7 +89,8 @@ class LbDrain(Action):
         current = await actuator.get_weights()
         line = actuator.describe_change(params.cluster, current[params.cluster], 0)
         refusal = actuator.refusal(current, {params.cluster: 0}, ctx.min_healthy_clusters)
-        return [f"{line}  REFUSED: {refusal}" if refusal and current[params.cluster] else line]
+        line = f"{line}  REFUSED: {refusal}" if refusal and current[params.cluster] else line
+        return [line, *await dns_plan(actuator)]
 
 
 class RestoreParams(Params):
@@ -157,6 +191,7 @@ class LbRestore(Action):
             "after": target,
             "changes": changes,
             "restored": True,
+            **dns_timing(actuator, [params.cluster]),
         }
 
     async def verify(self, ctx: StepContext, params: RestoreParams, result: dict[str, Any]) -> str | None:
@@ -184,7 +219,7 @@ class LbRestore(Action):
             lines.append(
                 f"note: current weight is {current}, not the 0 we set: the restore would report drift"
             )
-        return lines
+        return [*lines, *await dns_plan(actuator)]
 
 
 class SetWeightsParams(Params):
@@ -217,6 +252,7 @@ class LbSetWeights(Action):
             "before": ctx.before,
             "after": dict(params.weights),
             "changes": [c.describe() for c in changes],
+            **dns_timing(ctx.balancer(params.balancer), params.weights),
         }
 
     async def verify(self, ctx: StepContext, params: SetWeightsParams, result: dict[str, Any]) -> str | None:
@@ -229,4 +265,5 @@ class LbSetWeights(Action):
         current = await actuator.get_weights()
         lines = [actuator.describe_change(c, current.get(c), w) for c, w in params.weights.items()]
         refusal = actuator.refusal(current, params.weights, ctx.min_healthy_clusters)
-        return [*lines, f"REFUSED: {refusal}"] if refusal else lines
+        lines = [*lines, f"REFUSED: {refusal}"] if refusal else lines
+        return [*lines, *await dns_plan(actuator)]
