@@ -21,7 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
+
 from orchestrator.core.config_drivers import AlertmanagerConfig
+from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.core.models import rfc3339, utc_now
 from orchestrator.notifiers.base import Notification, Notifier
 from orchestrator.notifiers.pagerduty import post_json
@@ -82,3 +85,30 @@ class AlertmanagerNotifier(Notifier):
         url = self.settings.url.rstrip("/") + "/api/v2/alerts"
         await post_json(self, url, [self.alert(note)], self.settings.timeout_s)
         return {"severity": self.severity_label(note)}  # the same every time: the alert's identity
+
+    async def check(self) -> str:
+        """`GET /api/v2/status`: Alertmanager is up, speaks API v2, and says whether its cluster (when
+        it runs as several peers) has settled; no alert is posted."""
+        settings = self.settings
+        url = settings.url.rstrip("/") + "/api/v2/status"
+        try:
+            async with self.session.get(
+                url, timeout=aiohttp.ClientTimeout(total=settings.timeout_s), allow_redirects=False
+            ) as resp:
+                status = resp.status
+                answer = await resp.json(content_type=None) if status == 200 else None
+        except TimeoutError as e:
+            raise TemporaryError(f"notifier {self.name}: Alertmanager: timed out") from e
+        except (aiohttp.ClientError, ValueError) as e:
+            raise TemporaryError(f"notifier {self.name}: Alertmanager: {type(e).__name__}") from e
+        if status != 200 or not isinstance(answer, dict):
+            error = TemporaryError if status >= 500 or status == 200 else PermanentError
+            raise error(f"notifier {self.name}: Alertmanager GET /api/v2/status: HTTP {status}")
+        version = (answer.get("versionInfo") or {}).get("version")
+        peers = (answer.get("cluster") or {}).get("status")
+        parts = [
+            f"version {version}" if isinstance(version, str) else "",
+            f"cluster {peers}" if isinstance(peers, str) else "",
+        ]
+        detail = ", ".join(p for p in parts if p)
+        return "Alertmanager API v2 answers" + (f" ({detail})" if detail else "")

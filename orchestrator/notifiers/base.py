@@ -72,6 +72,29 @@ class Notifier:
         None. Temporary problems raise TemporaryError (the step retries), others PermanentError."""
         raise NotImplementedError
 
+    async def check(self) -> str:
+        """Whether this notifier could deliver now, without sending anything (`failover check`, DESIGN
+        §17); returns what was proven, in words. Raises TemporaryError (unreachable, timed out, 5xx) or
+        PermanentError (refused: bad credentials) like `send`, never naming a secret or a secret URL."""
+        raise NotImplementedError
+
+    async def _reachable(self, url: str, timeout_s: float, what: str) -> str:
+        """HEAD `url`, following no redirect: any HTTP answer but a 5xx proves DNS, TCP, TLS and an HTTP
+        server behind the URL (a 405 or 404 to a HEAD is an answer: receivers only take POSTs). It does
+        not prove the receiver would accept a message: only a message would."""
+        try:
+            async with self.session.head(
+                url, timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False
+            ) as resp:
+                status = resp.status
+        except TimeoutError as e:
+            raise TemporaryError(f"notifier {self.name}: {what}: no answer within {timeout_s:g}s") from e
+        except aiohttp.ClientError as e:
+            raise TemporaryError(f"notifier {self.name}: {what}: {type(e).__name__}") from e
+        if status >= 500 and status != 501:  # 501: HEAD not implemented, which is an answer
+            raise TemporaryError(f"notifier {self.name}: {what}: HTTP {status}")
+        return f"{what} answers (HTTP {status} to HEAD; nothing sent)"
+
     async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> None:
         try:
             async with self.session.post(
@@ -101,6 +124,10 @@ class WebhookNotifier(Notifier):
             headers.update(signing.sign_headers(target.secret.get_secret_value(), body))
         await self._post(target.url, body, headers, target.timeout_s)
         return None
+
+    async def check(self) -> str:
+        target: WebhookTarget = self.config.webhook  # type: ignore[assignment]
+        return await self._reachable(target.url, target.timeout_s, "webhook")
 
 
 # The driver modules import this one (Notifier, Notification): they are imported here, at the end.

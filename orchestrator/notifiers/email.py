@@ -151,47 +151,86 @@ class EmailNotifier(Notifier):
         msg.add_alternative(html_body(note), subtype="html")
         return msg, message_id, thread
 
-    async def _deliver(self, msg: EmailMessage) -> None:
-        """Connect, upgrade with STARTTLS (strictly: a relay without it is refused, never fallen back
-        from), authenticate, send; the steps are explicit so each failure is classified precisely."""
+    async def _session(self, client: aiosmtplib.SMTP) -> None:
+        """On a connected client: EHLO, STARTTLS (strictly: a relay without it is refused, never fallen
+        back from) and AUTH, as every delivery and every check does them."""
         section = self._section()
-        client = aiosmtplib.SMTP(
+        if section.starttls:
+            await client.ehlo()
+            if not client.supports_extension("starttls"):
+                raise PermanentError(f"notifier {self.name}: the relay does not offer STARTTLS")
+            await client.starttls(tls_context=self._tls_context())
+        if section.username is not None and section.password is not None:
+            await client.login(section.username, section.password.get_secret_value())
+
+    def _client(self) -> aiosmtplib.SMTP:
+        section = self._section()
+        return aiosmtplib.SMTP(
             hostname=section.host, port=section.port, timeout=section.timeout_s, start_tls=False
         )
+
+    async def _deliver(self, msg: EmailMessage) -> None:
+        """Connect, upgrade, authenticate, send; the steps are explicit so each failure is classified
+        precisely."""
+        section = self._section()
+        client = self._client()
         async with client:
-            if section.starttls:
-                await client.ehlo()
-                if not client.supports_extension("starttls"):
-                    raise PermanentError(f"notifier {self.name}: the relay does not offer STARTTLS")
-                await client.starttls(tls_context=self._tls_context())
-            if section.username is not None and section.password is not None:
-                await client.login(section.username, section.password.get_secret_value())
+            await self._session(client)
             await client.send_message(
                 msg,
                 sender=parseaddr(section.from_)[1],
                 recipients=[parseaddr(to)[1] for to in section.to],
             )
 
+    async def check(self) -> str:
+        """Connect, EHLO, STARTTLS (certificate verified) and AUTH, then QUIT: the relay is reachable and
+        takes our credentials. No MAIL FROM is sent: whether it relays to `to` only a message shows."""
+        section = self._section()
+        try:
+            client = self._client()
+            await client.connect()
+            try:
+                if not section.starttls:
+                    await client.ehlo()
+                await self._session(client)
+            finally:
+                if client.is_connected:
+                    try:
+                        await client.quit()
+                    except aiosmtplib.SMTPException:
+                        client.close()
+        except Exception as e:  # classified just below, or re-raised as it is
+            raise self._failure(e) from None
+        done = ["connected"] + (["STARTTLS"] if section.starttls else [])
+        done += ["AUTH"] if section.username is not None else []
+        return f"SMTP relay {section.host}:{section.port}: " + ", ".join(done) + " (nothing sent)"
+
+    def _failure(self, e: Exception) -> Exception:
+        """An SMTP failure as ours: 4xx replies, refused, dropped and timed-out connections are temporary;
+        5xx replies, a relay without STARTTLS, a certificate that does not verify are permanent. Server
+        replies are scrubbed of the password. Anything else is returned as it is."""
+        if isinstance(e, aiosmtplib.SMTPRecipientsRefused):
+            codes = [r.code for r in e.recipients]
+            error = TemporaryError if any(400 <= c < 500 for c in codes) else PermanentError
+            return error(f"notifier {self.name}: recipients refused (SMTP {codes})")
+        if isinstance(e, aiosmtplib.SMTPResponseException):
+            error = PermanentError if e.code >= 500 else TemporaryError
+            what = f"SMTP {e.code} {self._scrub(e.message)}"
+            return error(f"notifier {self.name}: {type(e).__name__}: {what}")
+        if isinstance(e, aiosmtplib.SMTPNotSupported):  # no AUTH mechanism in common: configuration
+            return PermanentError(f"notifier {self.name}: {self._scrub(e.message)}")
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return PermanentError(f"notifier {self.name}: TLS certificate: {e.verify_message}")
+        if isinstance(e, aiosmtplib.SMTPException | OSError):  # timeouts, refused, dropped connections
+            return TemporaryError(f"notifier {self.name}: {type(e).__name__}: {self._scrub(str(e))}")
+        return e
+
     async def send(self, note: Notification) -> dict[str, Any] | None:
         msg, message_id, thread = self.message(note)
         try:
             await self._deliver(msg)
-        except aiosmtplib.SMTPRecipientsRefused as e:
-            codes = [r.code for r in e.recipients]
-            error = TemporaryError if any(400 <= c < 500 for c in codes) else PermanentError
-            raise error(f"notifier {self.name}: recipients refused (SMTP {codes})") from None
-        except aiosmtplib.SMTPResponseException as e:
-            error = PermanentError if e.code >= 500 else TemporaryError
-            what = f"SMTP {e.code} {self._scrub(e.message)}"
-            raise error(f"notifier {self.name}: {type(e).__name__}: {what}") from None
-        except aiosmtplib.SMTPNotSupported as e:  # no AUTH mechanism in common: configuration
-            raise PermanentError(f"notifier {self.name}: {self._scrub(e.message)}") from None
-        except ssl.SSLCertVerificationError as e:
-            raise PermanentError(f"notifier {self.name}: TLS certificate: {e.verify_message}") from None
-        except (aiosmtplib.SMTPException, OSError) as e:  # timeouts, refused and dropped connections
-            # `from None`: the chained exception would carry the library's own message unscrubbed
-            message = self._scrub(str(e))
-            raise TemporaryError(f"notifier {self.name}: {type(e).__name__}: {message}") from None
+        except Exception as e:  # `from None`: a chained exception would carry the reply unscrubbed
+            raise self._failure(e) from None
         if not note.incident:
             return None
         if thread is not None:

@@ -19,6 +19,7 @@ from orchestrator.core.errors import PermanentError
 from orchestrator.notifiers.base import Notification, Notifier
 
 Publish = Callable[[str, bytes], Awaitable[None]]
+Flush = Callable[[], Awaitable[None]]
 
 
 class NatsNotifier(Notifier):
@@ -27,6 +28,8 @@ class NatsNotifier(Notifier):
     ) -> None:
         super().__init__(config, session)
         self.publish = publish
+        self.flush: Flush | None = None
+        """The connection's flush (a PING answered by the server), for `check`; set by whoever owns it."""
 
     async def send(self, note: Notification) -> dict[str, Any] | None:
         assert self.config.nats is not None
@@ -36,3 +39,11 @@ class NatsNotifier(Notifier):
         # the Bus maps NATS failures onto TemporaryError/PermanentError already (bus.kv.nats_errors)
         await self.publish(self.config.nats.subject, body)
         return None
+
+    async def check(self) -> str:
+        """A flush: the NATS server answered a PING on the connection the notifications go out on. (That
+        someone consumes the subject is not ours to know.)"""
+        if self.flush is None:
+            raise PermanentError(f"notifier {self.name}: no NATS connection in this process")
+        await self.flush()
+        return "NATS connection answers (flush)"

@@ -76,6 +76,12 @@ class PagerDutyNotifier(Notifier):
         await post_json(self, settings.url, self.event(note), settings.timeout_s, secrets=(secret,))
         return None
 
+    async def check(self) -> str:
+        """A HEAD to the Events API: reachable over HTTPS. The routing key cannot be checked without
+        sending an event (which would page), so it is not."""
+        settings = self.settings
+        return await self._reachable(settings.url, settings.timeout_s, "PagerDuty Events API")
+
 
 async def post_json(
     notifier: Notifier, url: str, body: Any, timeout_s: float, secrets: tuple[str, ...] = ()

@@ -13,16 +13,14 @@ the token or the webhook URL.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
 
-import aiohttp
-
 from orchestrator.core.config_drivers import SlackNotifier as SlackConfig
-from orchestrator.core.errors import PermanentError, TemporaryError, retry_after_s
+from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.notifiers.base import Notification, Notifier
+from orchestrator.notifiers.http import post_json
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +179,17 @@ class SlackNotifier(Notifier):
         await self._api("chat.postMessage", reply)
         return receipt
 
+    async def check(self) -> str:
+        """A bot: `auth.test` proves the token is valid and names the bot and workspace (it does not
+        prove the bot is in `channel`: that needs a scope the bot may lack). An incoming webhook: a HEAD,
+        since any POST to it would be a message."""
+        cfg = self._cfg
+        if cfg.webhook_url is not None:
+            return await self._reachable(cfg.webhook_url.get_secret_value(), cfg.timeout_s, "Slack webhook")
+        answer = await self._api("auth.test", {})
+        who = [str(answer[k]) for k in ("user", "team") if isinstance(answer.get(k), str)]
+        return "Slack auth.test ok" + (f" ({' in '.join(who)})" if who else "")
+
     async def _api(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         cfg = self._cfg
         assert cfg.bot_token is not None
@@ -200,26 +209,9 @@ class SlackNotifier(Notifier):
         """POST JSON; transport problems, 5xx and 429 (with Slack's Retry-After) are temporary, other 4xx
         permanent. Returns the JSON answer, or None when the body is not JSON (incoming webhooks answer
         a plain `ok`)."""
-        timeout = self._cfg.timeout_s
-        data = json.dumps(body, separators=(",", ":")).encode()
-        try:
-            async with self.session.post(
-                url,
-                data=data,
-                headers={"Content-Type": "application/json; charset=utf-8", **headers},
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                allow_redirects=False,
-            ) as resp:
-                status, delay = resp.status, retry_after_s(resp.headers.get("Retry-After"))
-                raw = await resp.read()
-        except TimeoutError as e:
-            raise TemporaryError(f"notifier {self.name}: Slack {what}: timed out after {timeout:g}s") from e
-        except aiohttp.ClientError as e:
-            raise TemporaryError(f"notifier {self.name}: Slack {what}: {type(e).__name__}") from e
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            answer = None
+        status, delay, raw, answer = await post_json(
+            self.session, url, body, headers, self._cfg.timeout_s, f"notifier {self.name}: Slack {what}"
+        )
         if status == 429 or status >= 500:
             code = f" ({_code(answer)})" if isinstance(answer, dict) else ""
             raise TemporaryError(f"notifier {self.name}: Slack {what}: HTTP {status}{code}", delay_s=delay)

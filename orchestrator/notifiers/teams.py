@@ -127,3 +127,10 @@ class TeamsNotifier(Notifier):
             delay = retry_after_s(retry_after)
             raise TemporaryError(f"notifier {self.name}: Teams workflow: HTTP {status}", delay_s=delay)
         raise PermanentError(f"notifier {self.name}: Teams workflow: HTTP {status}")
+
+    async def check(self) -> str:
+        """A HEAD to the workflow URL: the endpoint answers. Whether the flow posts to a channel is only
+        known from a card, which would be a message."""
+        cfg = self.config.teams
+        assert cfg is not None
+        return await self._reachable(cfg.webhook_url.get_secret_value(), cfg.timeout_s, "Teams workflow")

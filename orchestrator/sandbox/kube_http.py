@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from orchestrator.sandbox.kube_access import REVIEW_PATH, AccessRules, request_verb, review
 from orchestrator.sandbox.kube_patch import parse_field_selector, parse_label_selector
 from orchestrator.sandbox.kube_resources import (
     SERVER_VERSION,
@@ -75,6 +76,7 @@ class KubeApiHttp:
     port: int | None
     token: str
     store: Store
+    access: AccessRules
     request_log: deque[RequestRecord]
     latency_s: float
     error_rate: float
@@ -130,6 +132,8 @@ class KubeApiHttp:
         path = "/" + request.path.strip("/")
         if path.startswith(("/readyz", "/livez", "/healthz")):
             return self._health(path)
+        if path == REVIEW_PATH and request.method == "POST":  # `kube_access`: what may this token do
+            return web.json_response(review(self.access, await self._body(request)), status=201)
         parts = path.strip("/").split("/")
         if parts[0] == "api" and len(parts) >= 3:
             return await self._resource(request, "", parts[1], parts[2:])
@@ -178,6 +182,8 @@ class KubeApiHttp:
         query = request.query
         dry_run = bool(query.get("dryRun"))
         method = request.method
+        verb = request_verb(method, name is not None, query.get("watch") in _TRUE)
+        self.access.enforce(verb, group, plural, sub or "", ns, name or "")  # 403 like RBAC
         if name is None:
             if method == "GET":
                 watcher = self._watcher(rt, namespace, query)

@@ -23,7 +23,10 @@ Namespaces: by default an object may be created in a namespace that does not exi
 springs into existence (so tests need not create namespaces); `strict_namespaces=True` answers 404 as a
 real server does.
 
-Not emulated: RBAC and any authentication but one bearer token (anonymous requests are refused, like a
+Authorization: one identity that may do everything unless `access.deny(...)` takes a permission away
+(`kube_access`: SelfSubjectAccessReview answers, and 403 Forbidden on the request itself).
+
+Not emulated: RBAC objects and any authentication but one bearer token (anonymous requests are refused, like a
 cluster with anonymous auth off), TLS, admission webhooks other than Istio's VirtualService validation,
 server-side apply (`application/apply-patch+yaml` is a 415), field selectors other than metadata name
 and namespace, field pruning of unknown fields, `deletecollection`, finalizers and graceful deletion
@@ -50,6 +53,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from orchestrator.sandbox.kube_access import AccessRules
 from orchestrator.sandbox.kube_controller import WorkloadController
 from orchestrator.sandbox.kube_http import KubeApiHttp, RequestRecord
 from orchestrator.sandbox.kube_resources import lookup
@@ -75,6 +79,8 @@ class KubeApiServer(KubeApiHttp):
         self.port = port
         self.token = token or secrets.token_urlsafe(24)
         self.store = Store(history_size, strict_namespaces, istio_weights)
+        self.access = AccessRules()
+        """Permissions taken away from this server's identity (`kube_access`): reviews and requests."""
         self.controller = WorkloadController(self.store, ready_delay_s, name)
         self.request_log: deque[RequestRecord] = deque(maxlen=10_000)
         self.latency_s = 0.0
