@@ -141,7 +141,7 @@ async def test_dashboard_shows_clusters_weights_and_a_failover_live(
             await wait_for(lambda: shows("live", "Automation active"), 10, "the page connected to its stream")
             text = await page.text()
             for name in ("eu-west", "us-east", "ap-south"):
-                row = next(line for line in text.splitlines() if line.startswith(name))
+                row = next(line for line in text.splitlines() if line.startswith(name + "\t"))
                 assert "healthy" in row and "global: 100" in row, row
             assert "recent runs" in text.lower()
 
@@ -149,7 +149,7 @@ async def test_dashboard_shows_clusters_weights_and_a_failover_live(
 
             async def failover_shown() -> bool:
                 text = await page.text()
-                row = next((line for line in text.splitlines() if line.startswith("us-east")), "")
+                row = next((line for line in text.splitlines() if line.startswith("us-east\t")), "")
                 return (
                     "failed" in row
                     and "global: 0" in row
@@ -159,7 +159,10 @@ async def test_dashboard_shows_clusters_weights_and_a_failover_live(
                     and "last event: run" in text
                 )
 
-            await wait_for(failover_shown, 20, "the failover on the page", poll_s=0.2)
+            try:
+                await wait_for(failover_shown, 20, "the failover on the page", poll_s=0.2)
+            except AssertionError as e:
+                raise AssertionError(f"{e}; the page read:\n{await page.text()}") from None
             shot = tmp_path / "dashboard.png"
             await page.screenshot(shot)
             assert shot.stat().st_size > 10_000

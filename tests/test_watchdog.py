@@ -107,3 +107,31 @@ async def test_what_a_run_or_the_reconciler_owns_is_left_to_them() -> None:
     h.held.clear()
     await h.dog.check_once()
     assert h.drains == [("a", 1)]
+
+
+async def test_a_replica_that_stops_leading_drops_its_gauges() -> None:
+    """`failover_balancer_readable` and `failover_failed_cluster_weighted` are the leader's view: a
+    deposed replica kept its last values, so an alert on them fired from a follower that no longer
+    looks (deploy/monitoring works around it by reading the leader's series only)."""
+    import asyncio
+
+    from prometheus_client import generate_latest
+
+    h = Harness({"a": "failed", "b": "healthy"}, {"a": 100, "b": 100})
+    h.busy.add("a")
+    await h.dog.check_once()
+    text = generate_latest(h.dog.metrics.registry).decode()
+    assert 'failover_failed_cluster_weighted{cluster="a"} 1.0' in text
+    assert 'failover_balancer_readable{balancer="global"} 1.0' in text
+    stop = asyncio.Event()
+    task = asyncio.create_task(h.dog.run(stop, active=lambda: False))
+    h.dog.kick()
+    for _ in range(100):  # bounded: the pass runs at the next loop turns
+        await asyncio.sleep(0.01)
+        if "failover_failed_cluster_weighted{" not in generate_latest(h.dog.metrics.registry).decode():
+            break
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    text = generate_latest(h.dog.metrics.registry).decode()
+    assert "failover_failed_cluster_weighted{" not in text and "failover_balancer_readable{" not in text
+    assert h.dog.healthy() == {"balancers_readable": True, "failed_clusters_drained": True}

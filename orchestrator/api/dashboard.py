@@ -1,21 +1,24 @@
 """The dashboard (`GET /`): one server-rendered page, no build step and nothing loaded from elsewhere.
 
 The server renders the page from the same views the API serves (`/api/v1/status`, `/api/v1/clusters`,
-`/api/v1/runs`, the open `/api/v1/incidents`), so it is useful without JavaScript. A few lines of
+`/api/v1/runs`, the open `/api/v1/incidents`, `/api/v1/readiness`, the events history) and what
+`api.overview` makes of them: the headline first. It is useful without JavaScript. A few lines of
 script keep it live: on every server-sent event from `/api/v1/events` (and every few seconds, since a
-cluster's first sighting emits no event) they re-fetch those views and re-render with DOM text nodes
-only. Jinja2 autoescapes the server
-side, so nothing a cluster label, a run error or a bus message says can become markup.
+cluster's first sighting emits no event) they fetch the page again and swap its `#view`, so there is
+one renderer. Jinja2 autoescapes, so nothing a cluster label, a run error or a bus message says can
+become markup.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
 import jinja2
 
+from orchestrator.api import overview
 from orchestrator.playbooks import timeline
 
 ACTIVE = ("running", "delayed")
@@ -32,7 +35,34 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["ts"] = short_time
     env.filters["recovery"] = recovery
+    env.filters["ago"] = lambda value: overview.ago(_seconds_since(value))
+    env.filters["age"] = _age
+    env.filters["left"] = _left
     return env
+
+
+def _seconds_since(value: Any) -> float | None:
+    at = timeline.parse(value)
+    return None if at is None else max(0.0, time.time() - at)
+
+
+def _age(seconds: Any) -> str:
+    """A duration in its largest sensible unit: `0.4s`, `12s`, `5m`, `2.0h`."""
+    if not isinstance(seconds, int | float):
+        return ""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 5400 else f"{seconds / 3600:.1f}h"
+
+
+def _left(seconds: Any) -> str:
+    """Time left to a deadline: `9m 58s`, `42s`."""
+    if not isinstance(seconds, int | float):
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 def recovery(marks: Mapping[str, Any] | None) -> str:
@@ -52,20 +82,35 @@ def short_time(value: str | None) -> str:
     return f"{head}Z" if dot and text.endswith("Z") else text
 
 
+def active_runs(status: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The runs going on: running or delayed, or holding their key in the runner."""
+    active_ids = set(status.get("active_runs", {}).values())
+    return [r for r in runs if r.get("status") in ACTIVE or r.get("id") in active_ids]
+
+
 def render(
     *,
     status: Mapping[str, Any],
     clusters: Mapping[str, Any],
     runs: Sequence[Mapping[str, Any]],
     nonce: str,
+    seen: Mapping[str, Any] | None = None,
     incidents: Sequence[Mapping[str, Any]] = (),
+    query: str = "",
+    before: str | None = None,
+    older: str | None = None,
 ) -> str:
-    """The whole page. `nonce` goes on the inline script and style (the CSP allows nothing else)."""
-    active_ids = set(status.get("active_runs", {}).values())
-    active = [r for r in runs if r.get("status") in ACTIVE or r.get("id") in active_ids]
+    """The whole page. `nonce` goes on the inline script and style (the CSP allows nothing else);
+    `seen` is `overview.gather`'s; `query` keeps `?access_token=` on links; `before` is this page of
+    runs' cursor and `older` the next one's."""
+    active = active_runs(status, runs)
     recent = [r for r in runs if r not in active]
-    by_id = {str(r.get("id")): r for r in runs}
-    approvals = [{"id": run_id, "run": by_id.get(run_id)} for run_id in status.get("waiting_approval", [])]
+    if seen is None:
+        seen = overview.from_views(status, clusters, active)
+    suffix = f"?{query}" if query else ""
+    older_link = None
+    if older:
+        older_link = f"/?before={older}" + (f"&{query}" if query else "")
     view = {
         "ready": bool(status.get("ready")),
         "frozen": bool(status.get("frozen")),
@@ -77,14 +122,22 @@ def render(
         .get_template("dashboard.html")
         .render(
             status=view,
-            clusters=clusters.get("clusters", []),
+            headline=seen["headline"],
+            clusters=seen["clusters"],
             unreadable=clusters.get("unreadable_balancers", []),
             active=active,
             recent=recent,
-            approvals=approvals,
+            approvals=seen["approvals"],
             incidents=list(incidents),
-            stages=[list(stage) for stage in timeline.STAGES],
+            timeline=seen["timeline"],
+            readiness=seen["readiness"],
+            leader=seen["leader"],
+            version=seen["version"],
+            min_healthy=seen["min_healthy"],
             nonce=nonce,
+            suffix=suffix,
+            before=before,
+            older=older_link,
         )
     )
 

@@ -25,7 +25,7 @@ from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.core.aio import wait_any
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.metrics import Metrics
-from orchestrator.core.models import new_id
+from orchestrator.core.models import new_id, rfc3339
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,8 @@ class DrainWatchdog:
         self.paused = paused
         self.held = held
         """(balancer, cluster) pairs with a desired weight of 0 on record: a drain that succeeded and
-        was reverted (an HAProxy reload) is the reconciler's to re-assert, and to report as drift."""
+        was reverted (an HAProxy reload, a DNS record put back) is the reconciler's to re-assert, and to
+        report as drift; for a failed cluster it does so in every driver, DNS included."""
         self.start_drain = start_drain
         self.emit = emit
         self.metrics = metrics
@@ -105,6 +106,9 @@ class DrainWatchdog:
                 self.weighted.clear()
                 self.attempts.clear()
                 self.last_standing.clear()
+                # the leader's view: a follower that kept its last values would fire their alerts
+                self.metrics.balancer_readable.clear()
+                self.metrics.failed_cluster_weighted.clear()
                 continue
             try:
                 await self.check_once()
@@ -214,5 +218,7 @@ def catch_up_event(cluster: str, serving: list[str], attempt: int) -> dict[str, 
         "reason": f"failed, yet still weighted in {', '.join(serving)} (catch-up drain, attempt {attempt})",
         "evidence": {},
         "id": new_id(),
+        "ts": rfc3339(time.time()),  # the same shape as the detector's event: a playbook may use event.ts
+        "v": 1,
         "catch_up": True,
     }
