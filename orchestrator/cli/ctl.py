@@ -4,26 +4,47 @@ Reads are GETs (`/api/v1/status`, `/clusters`, `/runs`, `/runs/{id}`, `/incident
 changes something is a `POST /api/v1/commands`, so the daemon authorizes and audits it exactly like a
 command from the API, NATS or chatops. Exit codes: 0 done, 1 the daemon refused or failed (the error is
 printed), 2 usage. The token comes from `--token` or `FAILOVER_TOKEN` and is never printed.
+
+`--api` (alias `--url`), `--token` and `--json` go before the command or after it (`failover ctl status
+--url X --token T`), the latter winning. A command that starts a run (`failover`, `failback`) looks at
+the run until it has begun: a run blocked at once (automation paused, a guard) is an error (exit 1)
+that says why, not "started". `run ID --watch` follows a run to its end and exits with its outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
-if TYPE_CHECKING:
-    from rich.console import Console
+from orchestrator.cli.ctl_show import (  # _console, _table, _short_time: also `failover drill`'s
+    _console,
+    _say,
+    _short_time,
+    _table,
+    show_clusters,
+    show_incidents,
+    show_run,
+    show_runs,
+    show_status,
+)
+
+__all__ = ["CtlError", "Target", "_console", "_short_time", "_table", "app", "command", "request"]
 
 DEFAULT_API = "http://127.0.0.1:8080"
 TIMEOUT_S = 30.0
 RUNS_PAGE_MAX = 500
+SETTLE_S = 5.0
+"""How long `failover`/`failback` look at a run they started for it to begin or be blocked."""
+POLL_S = 0.25
+WATCH_POLL_S = 1.0
+FINISHED = {"succeeded", "failed", "blocked", "preempted", "needs_attention"}
 """The daemon's page limit (`playbooks.journal.PAGE_MAX`), checked here so that a bad --limit is a usage
 error (exit 2); not imported, so that `failover ctl` starts without loading the NATS client."""
 
@@ -77,182 +98,46 @@ async def command(target: Target, name: str, args: dict[str, Any]) -> Any:
     return answer.get("result") if isinstance(answer, dict) else answer
 
 
-# rendering -------------------------------------------------------------------------------------------
-
-
-def _console() -> Console:
-    from rich.console import Console
-
-    # not a terminal: wide enough that tables are never cut (run ids, errors), and no colours
-    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
-
-
-def _table(*columns: str) -> Any:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
-def _short_time(value: Any) -> str:
-    if not value:
-        return ""
-    text = str(value).replace("T", " ")
-    head, dot, _rest = text.partition(".")
-    return f"{head}Z" if dot and text.endswith("Z") else text
-
-
-def _steps(run: dict[str, Any]) -> str:
-    return ", ".join(f"{s['id']}:{s['status']}" for s in run.get("steps", []))
-
-
-def show_status(status: dict[str, Any]) -> None:
-    console = _console()
-    pauses = [
-        f"{p['scope']} by {p.get('by') or '?'} until {_short_time(p.get('until')) or 'resumed'}"
-        for p in status.get("paused", [])
-    ]
-    active = [f"{key}: {run_id}" for key, run_id in sorted(status.get("active_runs", {}).items())]
-    lines = [
-        ("ready", "yes" if status.get("ready") else "NO"),
-        ("frozen", "YES (observer guard; `failover ctl resume` lifts it)" if status.get("frozen") else "no"),
-        ("paused", "; ".join(pauses) or "no"),
-        ("suspect vantages", ", ".join(status.get("suspect_vantages", [])) or "none"),
-        ("active runs", ", ".join(active) or "none"),
-        ("waiting approval", ", ".join(status.get("waiting_approval", [])) or "none"),
-        ("playbooks", ", ".join(sorted(status.get("playbooks", {}))) or "none"),
-    ]
-    for label, value in lines:
-        console.print(f"{label + ':':<18} {value}")
-    table = _table("CLUSTER", "STATE")
-    for name, state in status.get("clusters", {}).items():
-        table.add_row(name, state)
-    console.print(table)
-
-
-def show_clusters(view: dict[str, Any]) -> None:
-    clusters = view.get("clusters", [])
-    balancers = sorted({lb for c in clusters for lb in c.get("weights", {})})
-    table = _table("CLUSTER", "STATE", "NOMINAL", *(lb.upper() for lb in balancers), "LABELS")
-    for c in clusters:
-        weights = [str(c["weights"].get(lb, "-")) for lb in balancers]
-        labels = ",".join(f"{k}={v}" for k, v in sorted(c.get("labels", {}).items()))
-        table.add_row(c["name"], c["state"], str(c["weight"]), *weights, labels)
-    console = _console()
-    console.print(table)
-    if view.get("unreadable_balancers"):
-        console.print(f"current weights unreadable: {', '.join(view['unreadable_balancers'])}")
-
-
-def show_runs(view: dict[str, Any]) -> None:
-    runs = view.get("runs", [])
-    console = _console()
-    if not runs:
-        console.print("no runs")
-        return
-    table = _table("RUN", "PLAYBOOK", "CLUSTER", "STATUS", "STARTED", "STEPS")
-    for r in runs:
-        table.add_row(
-            r["id"],
-            r["playbook"],
-            r.get("cluster") or "",
-            r["status"],
-            _short_time(r.get("created_at")),
-            _steps(r),
-        )
-    console.print(table)
-    if view.get("next"):
-        console.print(f"older runs: failover ctl runs --before {view['next']}")
-
-
-def show_incidents(view: dict[str, Any]) -> None:
-    incidents = view.get("incidents", [])
-    console = _console()
-    if not incidents:
-        console.print("no incidents")
-        return
-    table = _table("INCIDENT", "CLUSTER", "STATE", "OPENED", "RESOLVED", "RUNS", "SUMMARY")
-    for i in incidents:
-        table.add_row(
-            str(i.get("id")),
-            str(i.get("cluster")),
-            str(i.get("state")),
-            _short_time(i.get("opened_at")),
-            _short_time(i.get("resolved_at")),
-            str(len(i.get("runs") or [])),
-            str(i.get("summary") or ""),
-        )
-    console.print(table)
-
-
-def show_run(record: dict[str, Any]) -> None:
-    console = _console()
-    event = record.get("event") or {}
-    for label, value in [
-        ("run", record.get("id")),
-        ("playbook", record.get("playbook")),
-        ("status", record.get("status")),
-        ("event", f"{event.get('type', '')} {event.get('cluster', '')}".strip()),
-        ("actor", record.get("actor") or ""),
-        ("started", _short_time(record.get("created_at"))),
-        ("finished", _short_time(record.get("finished_at"))),
-        ("error", record.get("error") or ""),
-    ]:
-        if value:
-            console.print(f"{label + ':':<10} {value}")
-    entries = record.get("steps", {})
-    planned = [str(s.get("id")) for s in (record.get("plan") or {}).get("steps", [])]
-    table = _table("STEP", "ACTION", "STATUS", "ATTEMPTS", "DETAIL")
-    for step_id in [*planned, *(s for s in entries if s not in planned)]:
-        entry = entries.get(step_id, {})
-        result = entry.get("result")
-        detail = entry.get("error") or (result.get("change") if isinstance(result, dict) else "") or ""
-        table.add_row(
-            step_id,
-            str(entry.get("action", "")),
-            str(entry.get("status", "pending")),
-            str(entry.get("attempts", "")),
-            str(detail),
-        )
-    console.print(table)
-    marks = record.get("timeline")
-    if isinstance(marks, dict) and marks:
-        show_timeline(marks)
-
-
-def show_timeline(marks: dict[str, Any]) -> None:
-    """The recovery timeline (DESIGN §15): each mark, its offset from the first failure, and the stage
-    that ends there."""
-    from orchestrator.playbooks.timeline import table as timeline_rows
-
-    table = _table("TIMELINE", "AT", "OFFSET", "STAGE")
-    for row in timeline_rows(marks):
-        table.add_row(*row)
-    console = _console()
-    console.print()
-    console.print(table)
-
-
-def _say(text: str) -> Callable[[Any], None]:
-    return lambda _result: _console().print(text)
-
-
 # commands --------------------------------------------------------------------------------------------
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")]
+ApiOpt = Annotated[
+    str | None,
+    typer.Option("--api", "--url", show_default=False, help="The daemon's API URL (here or before)."),
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", show_default=False, help="An api.tokens token (here or before).")
+]
 
 
-def _run(ctx: typer.Context, json_here: bool, call: Any, show: Callable[[Any], None]) -> None:
-    target: Target = ctx.obj
+def _check_api(api: str) -> str:
+    if not api.startswith(("http://", "https://")):
+        raise typer.BadParameter("must be an http:// or https:// URL", param_hint="--api")
+    return api
+
+
+def _target(ctx: typer.Context, json_here: bool, api: str | None, token: str | None) -> Target:
+    """The group's target (options before the command, environment, default), overridden by the
+    options given after the command."""
+    base: Target = ctx.obj
+    return Target(_check_api(api) if api else base.api, token or base.token, base.json_out or json_here)
+
+
+def _run(
+    ctx: typer.Context,
+    json_here: bool,
+    call: Any,
+    show: Callable[[Any], None],
+    api: str | None = None,
+    token: str | None = None,
+) -> None:
+    target = _target(ctx, json_here, api, token)
     try:
         result = asyncio.run(call(target))
     except CtlError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    if target.json_out or json_here:
+    if target.json_out:
         typer.echo(json.dumps(result, indent=2))
     else:
         show(result)
@@ -262,7 +147,7 @@ def _run(ctx: typer.Context, json_here: bool, call: Any, show: Callable[[Any], N
 def _ctl(
     ctx: typer.Context,
     api: Annotated[
-        str, typer.Option("--api", envvar="FAILOVER_API", help="The daemon's API URL.")
+        str, typer.Option("--api", "--url", envvar="FAILOVER_API", help="The daemon's API URL.")
     ] = DEFAULT_API,
     token: Annotated[
         str | None,
@@ -270,21 +155,21 @@ def _ctl(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    if not api.startswith(("http://", "https://")):
-        raise typer.BadParameter("must be an http:// or https:// URL", param_hint="--api")
-    ctx.obj = Target(api, token or None, json_out)
+    ctx.obj = Target(_check_api(api), token or None, json_out)
 
 
 @app.command()
-def status(ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """Readiness, freeze and pauses, active runs, waiting approvals, cluster states."""
-    _run(ctx, json_out, lambda t: request(t, "GET", "/api/v1/status"), show_status)
+def status(ctx: typer.Context, json_out: JsonOpt = False, api: ApiOpt = None, token: TokenOpt = None) -> None:
+    """Leader, readiness, freeze and pauses, active runs, waiting approvals, cluster states."""
+    _run(ctx, json_out, lambda t: request(t, "GET", "/api/v1/status"), show_status, api, token)
 
 
 @app.command()
-def clusters(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+def clusters(
+    ctx: typer.Context, json_out: JsonOpt = False, api: ApiOpt = None, token: TokenOpt = None
+) -> None:
     """Clusters with state, nominal weight and current weight per balancer."""
-    _run(ctx, json_out, lambda t: request(t, "GET", "/api/v1/clusters"), show_clusters)
+    _run(ctx, json_out, lambda t: request(t, "GET", "/api/v1/clusters"), show_clusters, api, token)
 
 
 @app.command()
@@ -298,10 +183,12 @@ def runs(
         typer.Option("--before", metavar="ID", show_default=False, help="Runs older than run ID (paging)."),
     ] = None,
     json_out: JsonOpt = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Recent runs, newest first, with each step's status; `--before` the last one shown for older ones."""
     query = f"limit={limit}" + (f"&before={quote(before, safe='')}" if before else "")
-    _run(ctx, json_out, lambda t: request(t, "GET", f"/api/v1/runs?{query}"), show_runs)
+    _run(ctx, json_out, lambda t: request(t, "GET", f"/api/v1/runs?{query}"), show_runs, api, token)
 
 
 @app.command()
@@ -309,29 +196,155 @@ def incidents(
     ctx: typer.Context,
     open_only: Annotated[bool, typer.Option("--open", help="Only the open incidents.")] = False,
     json_out: JsonOpt = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Incidents (one per cluster failure, DESIGN §13), newest first: state, runs, last message."""
     path = "/api/v1/incidents" + ("?open=true" if open_only else "")
-    _run(ctx, json_out, lambda t: request(t, "GET", path), show_incidents)
+    _run(ctx, json_out, lambda t: request(t, "GET", path), show_incidents, api, token)
 
 
 @app.command("run")
 def run_(
-    ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="ID")], json_out: JsonOpt = False
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="ID")],
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Follow the run to its end; exit 0 only if it succeeded.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, max=86400, help="With --watch: give up after (seconds).")
+    ] = 3600,
+    json_out: JsonOpt = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """One run's journal: plan, steps, results."""
-    _run(ctx, json_out, lambda t: request(t, "GET", f"/api/v1/runs/{quote(run_id, safe='')}"), show_run)
+    """One run's journal: plan, steps, results; `--watch` follows it until it finishes."""
+    if not watch:
+        _run(ctx, json_out, lambda t: request(t, "GET", _run_path(run_id)), show_run, api, token)
+        return
+    target = _target(ctx, json_out, api, token)
+    try:
+        record = asyncio.run(follow(target, run_id, timeout, None if target.json_out else _progress))
+    except CtlError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo(f"stopped watching run {run_id}; the run goes on", err=True)
+        raise typer.Exit(130) from None
+    if target.json_out:
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        show_run(record)
+    raise typer.Exit(0 if record.get("status") == "succeeded" else 1)
 
 
-def _started(what: str) -> Callable[[Any], None]:
-    def show(result: Any) -> None:
+def _run_path(run_id: str) -> str:
+    return f"/api/v1/runs/{quote(run_id, safe='')}"
+
+
+async def follow(
+    target: Target, run_id: str, timeout_s: float, progress: Callable[[dict[str, Any]], None] | None
+) -> dict[str, Any]:
+    """Poll the run until it finishes (CtlError when `timeout_s` passes first); `progress` sees each
+    record that differs from the one before."""
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] | None = None
+    while True:
+        record = await request(target, "GET", _run_path(run_id))
+        if not isinstance(record, dict):
+            raise CtlError(f"unexpected answer for run {run_id}")
+        if progress is not None:
+            progress_lines(last, record, progress)
+        last = record
+        if record.get("status") in FINISHED:
+            return record
+        if time.monotonic() + WATCH_POLL_S > deadline:
+            raise CtlError(f"run {run_id} still {record.get('status')} after {timeout_s:g}s; it goes on")
+        await asyncio.sleep(WATCH_POLL_S)
+
+
+def progress_lines(
+    before: dict[str, Any] | None, record: dict[str, Any], out: Callable[[dict[str, Any]], None]
+) -> None:
+    """Hand `out` each change between two readings of a run: its status, then each step's."""
+    if before is None or before.get("status") != record.get("status"):
+        out({"what": "run", "status": record.get("status"), "error": record.get("error")})
+    old = (before or {}).get("steps", {})
+    for step_id, entry in record.get("steps", {}).items():
+        if not isinstance(entry, dict):
+            continue
+        previous = old.get(step_id) if isinstance(old, dict) else None
+        if not isinstance(previous, dict) or previous.get("status") != entry.get("status"):
+            out({"what": step_id, "status": entry.get("status"), "error": entry.get("error")})
+
+
+def _progress(change: dict[str, Any]) -> None:
+    stamp = time.strftime("%H:%M:%S", time.gmtime())
+    error = f": {change['error']}" if change.get("error") and change["status"] != "running" else ""
+    label = "run" if change["what"] == "run" else f"step {change['what']}"
+    _console().print(f"{stamp}Z {label} {change['status']}{error}")
+
+
+async def settle(target: Target, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The runs a command started, read until each has begun (a step started), finished, or is blocked,
+    for at most SETTLE_S: a run blocked at once must not be reported as started."""
+    deadline = time.monotonic() + SETTLE_S
+    seen: dict[str, dict[str, Any]] = {}
+    pending = list(run_ids)
+    while pending:
+        for run_id in list(pending):
+            try:
+                record = await request(target, "GET", _run_path(run_id))
+            except CtlError:
+                continue  # not journalled yet: asked again below
+            if isinstance(record, dict):
+                seen[run_id] = record
+                if record.get("status") in FINISHED or record.get("steps"):
+                    pending.remove(run_id)
+        if not pending or time.monotonic() + POLL_S > deadline:
+            break
+        await asyncio.sleep(POLL_S)
+    return seen
+
+
+def _start(
+    ctx: typer.Context,
+    json_here: bool,
+    name: str,
+    args: dict[str, Any],
+    what: str,
+    api: str | None,
+    token: str | None,
+) -> None:
+    """Run a command that starts runs; exit 1 naming why when one is blocked or failed at once."""
+    target = _target(ctx, json_here, api, token)
+
+    async def call() -> tuple[Any, dict[str, dict[str, Any]]]:
+        result = await command(target, name, args)
         started = result.get("runs", []) if isinstance(result, dict) else []
-        if started:
-            _console().print(f"{what}: started run {', '.join(started)} (`failover ctl run ID` follows it)")
-        else:
-            _console().print(f"{what}: no new run (one for this cluster is already active)")
+        return result, await settle(target, [str(r) for r in started])
 
-    return show
+    try:
+        result, records = asyncio.run(call())
+    except CtlError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    stopped = {i: r for i, r in records.items() if r.get("status") in ("blocked", "failed")}
+    if target.json_out:
+        statuses = {i: r.get("status") for i, r in records.items()}
+        typer.echo(json.dumps({**result, "status": statuses}, indent=2))
+    else:
+        started = result.get("runs", []) if isinstance(result, dict) else []
+        ok = [i for i in started if i not in stopped]
+        if ok:
+            states = ", ".join(f"{i} ({records.get(i, {}).get('status', 'queued')})" for i in ok)
+            _console().print(f"{what}: started run {states} (`failover ctl run ID --watch` follows it)")
+        elif not started:
+            _console().print(f"{what}: no new run (one for this cluster is already active)")
+    for run_id, record in stopped.items():
+        typer.echo(f"error: {what}: run {run_id} {record['status']}: {record.get('error') or '?'}", err=True)
+    if stopped:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -342,23 +355,25 @@ def failover(
         bool, typer.Option("--force", help="Admin: skip the approval, override guards.")
     ] = False,
     json_out: JsonOpt = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Drain CLUSTER (runs the manual-drain playbook; waits for an approval unless --force)."""
+    """Drain CLUSTER (runs the manual-drain playbook; waits for an approval unless --force). Exit 1 when
+    the run is blocked (automation paused, a guard), naming why."""
     args: dict[str, Any] = {"cluster": cluster, **({"force": True} if force else {})}
-    _run(ctx, json_out, lambda t: command(t, "failover", args), _started(f"failover of {cluster}"))
+    _start(ctx, json_out, "failover", args, f"failover of {cluster}", api, token)
 
 
 @app.command()
 def failback(
-    ctx: typer.Context, cluster: Annotated[str, typer.Argument()], json_out: JsonOpt = False
+    ctx: typer.Context,
+    cluster: Annotated[str, typer.Argument()],
+    json_out: JsonOpt = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Give CLUSTER its traffic back (runs the manual-restore playbook)."""
-    _run(
-        ctx,
-        json_out,
-        lambda t: command(t, "failback", {"cluster": cluster}),
-        _started(f"failback of {cluster}"),
-    )
+    """Give CLUSTER its traffic back (runs the manual-restore playbook). Exit 1 when the run is blocked."""
+    _start(ctx, json_out, "failback", {"cluster": cluster}, f"failback of {cluster}", api, token)
 
 
 @app.command()
@@ -369,6 +384,8 @@ def pause(
         str | None, typer.Option("--for", help="How long, e.g. 30m or 1h; omit: until resumed.")
     ] = None,
     json_out: JsonOpt = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Pause automation (for one cluster, or all); runs that would start are blocked and say why."""
     args = {k: v for k, v in (("cluster", cluster), ("for", for_)) if v}
@@ -378,7 +395,7 @@ def pause(
         until = result.get("until") if isinstance(result, dict) else None
         _console().print(f"paused {scope} until {_short_time(until) if until else 'resumed'}")
 
-    _run(ctx, json_out, lambda t: command(t, "pause", args), show)
+    _run(ctx, json_out, lambda t: command(t, "pause", args), show, api, token)
 
 
 @app.command()
@@ -386,24 +403,36 @@ def resume(
     ctx: typer.Context,
     cluster: Annotated[str | None, typer.Argument(help="Omit: all automation (also lifts a freeze).")] = None,
     json_out: JsonOpt = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Resume automation paused with `pause` (without CLUSTER: also lifts an observer-guard freeze)."""
     args = {"cluster": cluster} if cluster else {}
     scope = f"automation for {cluster}" if cluster else "all automation"
-    _run(ctx, json_out, lambda t: command(t, "resume", args), _say(f"resumed {scope}"))
+    _run(ctx, json_out, lambda t: command(t, "resume", args), _say(f"resumed {scope}"), api, token)
 
 
 @app.command()
 def approve(
-    ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")], json_out: JsonOpt = False
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    json_out: JsonOpt = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Approve RUN, which waits at an approval step."""
-    _run(ctx, json_out, lambda t: command(t, "approve", {"run": run_id}), _say(f"run {run_id} approved"))
+    say = _say(f"run {run_id} approved")
+    _run(ctx, json_out, lambda t: command(t, "approve", {"run": run_id}), say, api, token)
 
 
 @app.command()
 def deny(
-    ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")], json_out: JsonOpt = False
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    json_out: JsonOpt = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Deny RUN, which waits at an approval step (the run is aborted)."""
-    _run(ctx, json_out, lambda t: command(t, "deny", {"run": run_id}), _say(f"run {run_id} denied"))
+    say = _say(f"run {run_id} denied")
+    _run(ctx, json_out, lambda t: command(t, "deny", {"run": run_id}), say, api, token)

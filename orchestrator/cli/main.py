@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli import ctl
+from orchestrator.cli.check import command as check_command
 from orchestrator.core import logs
 from orchestrator.core.errors import OrchestratorError, ValidationFailed
 
@@ -21,14 +23,40 @@ app = typer.Typer(
 )
 
 app.add_typer(ctl.app, name="ctl")  # failover ctl [--api URL] [--token T] COMMAND: the HTTP API's client
+app.command(name="check")(check_command)  # failover check --config F: readiness (DESIGN §17)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Configuration file (YAML).")]
+
+
+def version_line() -> str:
+    """`failover --version`: the installed distribution's version (the package's own when run from a
+    source tree that is not installed), no git needed."""
+    import platform
+    from importlib import metadata
+
+    from orchestrator import __version__
+
+    try:
+        version = metadata.version("failover-orchestrator")
+    except metadata.PackageNotFoundError:
+        version = __version__
+    return f"failover {version} (python {platform.python_version()})"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _global(
     log_format: Annotated[str, typer.Option("--log-format", help="auto | json | console")] = "auto",
     log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error")] = "info",
+    _show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     if log_format not in ("auto", "json", "console"):
         raise typer.BadParameter("must be auto, json or console", param_hint="--log-format")
@@ -58,38 +86,24 @@ def validate(
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file.")] = None,
 ) -> None:
-    """Check the config and playbooks; print `file:line: path: message` for every problem."""
-    from orchestrator.core.config import anonymous_exposure, load_config
-    from orchestrator.playbooks.loader import load_playbooks
+    """Check the config and playbooks, rendering every template against sample events; print
+    `file:line: path: message` for every problem (exit 1) and `... warning: ...` (exit unchanged)."""
+    from orchestrator.runtime.validation import validate as check
 
-    problems: list[str] = []
-    cfg = None
-    if config is not None:
-        try:
-            cfg = load_config(config)
-        except ValidationFailed as e:
-            problems.extend(str(p) for p in e.problems)
-    warning = anonymous_exposure(cfg) if cfg is not None else None
-    if warning:
-        typer.echo(f"{config}: {warning}", err=True)
-    paths = list(playbook_paths or [])
-    if not paths and cfg is not None:
-        paths = cfg.playbook_paths()
-    if config is None and not paths:
+    if config is None and not playbook_paths:
         raise typer.BadParameter("give --config and/or playbook paths")
-    count = 0
-    if paths:
-        try:
-            count = len(load_playbooks(paths, cfg))
-        except ValidationFailed as e:
-            problems.extend(str(p) for p in e.problems)
-    if problems:
-        for line in problems:
-            typer.echo(line, err=True)
+    report = check(config, list(playbook_paths or []))
+    found = [*report.problems, *report.warnings]
+    first = [str(config)] if config else []
+    files = list(dict.fromkeys([*first, *(p.file for p in found)]))  # the config, then the playbooks
+    for line in sorted(found, key=lambda p: (files.index(p.file), p.line, p.path)):
+        typer.echo(str(line), err=True)
+    if report.problems:
         raise typer.Exit(1)
     what = [f"config {config}"] if config else []
-    what.append(f"{count} playbook(s)")
-    typer.echo(f"ok: {', '.join(what)}")
+    what.append(f"{report.playbooks} playbook(s)")
+    warned = f" ({len(report.warnings)} warning(s))" if report.warnings else ""
+    typer.echo(f"ok: {', '.join(what)}{warned}")
 
 
 @app.command()
@@ -107,6 +121,21 @@ def run(
         raise _fail(str(e)) from None
     except OrchestratorError as e:
         raise _fail(f"error: {e}") from None
+    except OSError as e:
+        raise _fail(f"error: {os_error(e, cfg.api.listen)}") from None
+
+
+BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
+
+
+def os_error(e: OSError, listen: str) -> str:
+    """One line for an OSError that reached the top: a port in use is the operator's to fix, not a
+    59-line traceback. asyncio names the address it could not bind; the API is the only socket the
+    daemon binds (the embedded nats-server picks a free port itself)."""
+    if e.errno in BIND_ERRORS and "bind" in str(e):
+        reason = {errno.EADDRINUSE: "address already in use"}.get(e.errno, e.strerror or str(e))
+        return f"api.listen {listen}: {reason.lower()}"
+    return str(e)
 
 
 @app.command()

@@ -30,8 +30,12 @@ M = TypeVar("M", bound=BaseModel)
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 MAX_BYTES = 256 * 1024
-"""Largest config or playbook file read; real ones are a few KiB, and 256 KiB of dense YAML already
-takes about 1.5 s of CPU to load."""
+"""Largest playbook file read; real ones are a few KiB, and 256 KiB of dense YAML already takes about
+1.5 s of CPU to load."""
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+"""Largest config file read: about 60 bytes of YAML per cluster at the least, so 256 KiB held only some
+4,000 clusters; 8 MiB holds a 10,000-cluster fleet with its probes and balancers many times over (the
+alias and depth limits below still apply)."""
 MAX_DEPTH = 64
 """Deepest nesting of values, aliases expanded; real files nest about ten levels."""
 MAX_ALIAS_VALUES = 10_000
@@ -259,7 +263,11 @@ class _Builder:
 
 
 def load_yaml(
-    path: str | Path, env: Mapping[str, str] | None = None, text: str | None = None, expand: bool = True
+    path: str | Path,
+    env: Mapping[str, str] | None = None,
+    text: str | None = None,
+    expand: bool = True,
+    max_bytes: int = MAX_BYTES,
 ) -> Source:
     """Parse one YAML document; raise ValidationFailed with file:line on syntax or expansion errors.
 
@@ -271,8 +279,8 @@ def load_yaml(
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ValidationFailed([Problem(file, 0, "", f"cannot read: {e.strerror or e}")]) from e
-    if len(text) > MAX_BYTES:
-        raise ValidationFailed([Problem(file, 0, "", f"larger than {MAX_BYTES // 1024} KiB")])
+    if len(text) > max_bytes:
+        raise ValidationFailed([Problem(file, 0, "", f"larger than {max_bytes // 1024} KiB")])
     loader: _BoundedLoader | None = None
     try:
         loader = _BoundedLoader(text)  # the reader refuses control characters already here

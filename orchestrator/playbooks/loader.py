@@ -8,7 +8,7 @@ step ids and duplicate playbook names. A set with any problem is refused whole.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.core.config import Config
+from orchestrator.core.config_dns import DNS_DRIVERS
 from orchestrator.core.errors import Problem, ValidationFailed
-from orchestrator.core.yamlsource import Loc, Source, load_yaml, pydantic_problems, validate_model
+from orchestrator.core.partial import validate_partial
+from orchestrator.core.yamlsource import Loc, Source, load_yaml, pydantic_problems
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import REGISTRY
 from orchestrator.playbooks.model import Playbook, Step
+from orchestrator.playbooks.strict import Sample, check_rendering
+
+Samples = Callable[[Playbook], list[Sample]]
+"""The events a playbook may receive (`failover validate` renders every template against each)."""
+Defined = Mapping[str, set[str]]
+"""kind (balancer, notifier, cluster) -> names of config items that failed validation: referring to
+them is not also an "unknown" error."""
 
 
 @dataclass(frozen=True)
@@ -41,12 +50,17 @@ def playbook_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def load_playbooks(paths: Iterable[Path], config: Config | None) -> dict[str, LoadedPlaybook]:
+def load_playbooks(
+    paths: Iterable[Path],
+    config: Config | None,
+    samples: Samples | None = None,
+    defined: Defined | None = None,
+) -> dict[str, LoadedPlaybook]:
     problems: list[Problem] = []
     loaded: dict[str, LoadedPlaybook] = {}
     for file in playbook_files(paths):
         try:
-            item = load_playbook(file, config)
+            item = load_playbook(file, config, samples, defined)
         except ValidationFailed as e:
             problems.extend(e.problems)
             continue
@@ -64,21 +78,43 @@ def load_playbooks(paths: Iterable[Path], config: Config | None) -> dict[str, Lo
     return loaded
 
 
-def load_playbook(file: Path, config: Config | None) -> LoadedPlaybook:
+def load_playbook(
+    file: Path, config: Config | None, samples: Samples | None = None, defined: Defined | None = None
+) -> LoadedPlaybook:
+    """One playbook, or ValidationFailed with every problem: the steps that do not validate are set
+    aside and the rest checked on (references, syntax; with `samples`, strict rendering), so fixing a
+    file takes one run of `failover validate`, not one per stage."""
     try:
         raw = file.read_bytes()
     except OSError as e:
         raise ValidationFailed([Problem(str(file), 0, "", f"cannot read: {e.strerror or e}")]) from e
     # ${VAR} is config syntax; playbooks use {{ }} templates, so no environment expansion here
     source = load_yaml(file, text=raw.decode("utf-8", "replace"), expand=False)
-    playbook = validate_model(source, Playbook)
-    problems = check_playbook(source, playbook, config)
-    if problems:
+    partial = validate_partial(source, Playbook)
+    problems = list(partial.problems)
+    playbook = partial.model
+    if playbook is not None:
+        problems.extend(check_playbook(partial.source, playbook, config, defined))
+        reported = {p.path for p in problems}  # a syntax error does not also fail to render
+        set_aside = frozenset(
+            str(step["id"])
+            for path in (("steps",), ("on_failure", "steps"), ("on_failure",))
+            for step in partial.set_aside.get(path, [])
+            if isinstance(step, dict) and isinstance(step.get("id"), str)
+        )
+        for sample in samples(playbook) if samples is not None else []:
+            for problem in check_rendering(partial.source, playbook, sample, config, set_aside):
+                if problem.path not in reported:
+                    reported.add(problem.path)
+                    problems.append(problem)
+    if problems or playbook is None:
         raise ValidationFailed(problems)
     return LoadedPlaybook(playbook, str(file), hashlib.sha256(raw).hexdigest())
 
 
-def check_playbook(source: Source, playbook: Playbook, config: Config | None) -> list[Problem]:
+def check_playbook(
+    source: Source, playbook: Playbook, config: Config | None, defined: Defined | None = None
+) -> list[Problem]:
     problems: list[Problem] = []
     for loc, text in templates.strings(source.data.get("vars", {}), ("vars",)):
         _syntax(source, loc, text, problems)
@@ -89,14 +125,21 @@ def check_playbook(source: Source, playbook: Playbook, config: Config | None) ->
         for i, name in enumerate(playbook.on.clusters.names):
             if name not in known:
                 problems.append(source.problem(("on", "clusters", "names", i), f"unknown cluster {name!r}"))
-    _check_steps(source, ("steps",), playbook.steps, config, problems)
+    _check_steps(source, ("steps",), playbook.steps, config, problems, defined or {})
     if playbook.on_failure is not None:
-        _check_steps(source, ("on_failure", "steps"), playbook.on_failure.steps, config, problems)
+        _check_steps(
+            source, ("on_failure", "steps"), playbook.on_failure.steps, config, problems, defined or {}
+        )
     return problems
 
 
 def _check_steps(
-    source: Source, base: Loc, steps: list[Step], config: Config | None, problems: list[Problem]
+    source: Source,
+    base: Loc,
+    steps: list[Step],
+    config: Config | None,
+    problems: list[Problem],
+    defined: Defined,
 ) -> None:
     seen: dict[str, int] = {}
     for i, step in enumerate(steps):
@@ -116,7 +159,7 @@ def _check_steps(
         if isinstance(step.for_each, str):
             _syntax(source, (*loc, "for_each"), step.for_each, problems)
         _check_action(
-            source, loc, step.action, step.with_, config, problems, for_each=step.for_each is not None
+            source, loc, step.action, step.with_, config, problems, step.for_each is not None, defined
         )
         if step.compensate is not None:
             _check_action(
@@ -126,7 +169,8 @@ def _check_steps(
                 step.compensate.with_,
                 config,
                 problems,
-                for_each=step.for_each is not None,
+                step.for_each is not None,
+                defined,
             )
 
 
@@ -138,6 +182,7 @@ def _check_action(
     config: Config | None,
     problems: list[Problem],
     for_each: bool,
+    defined: Defined,
 ) -> None:
     action = REGISTRY.get(action_name)
     if action is None:
@@ -176,12 +221,48 @@ def _check_action(
             "notifier": [n.name for n in config.notifiers],
             "cluster": [c.name for c in config.clusters],
         }[kind]
-        if value not in names:
+        if value not in names and value not in defined.get(kind, set()):
             problems.append(
                 source.problem(
                     (*with_loc, key), f"unknown {kind} {value!r} (configured: {', '.join(names) or 'none'})"
                 )
             )
+    _check_dns(source, with_loc, action_name, literal, config, problems)
+
+
+def _check_dns(
+    source: Source,
+    with_loc: Loc,
+    action_name: str,
+    literal: dict[str, Any],
+    config: Config,
+    problems: list[Problem],
+) -> None:
+    """DNS balancers have no weights (DESIGN §16): a ramp cannot be honoured, and a native weight is 0
+    (the cluster's addresses removed) or 1 (put back)."""
+    lb = next((b for b in config.load_balancers if b.name == literal.get("balancer")), None)
+    if lb is None or lb.driver not in (*DNS_DRIVERS, "external_dns"):  # external_dns: a DNSEndpoint's targets
+        return
+    ramp = literal.get("ramp")
+    if action_name == "lb.restore" and isinstance(ramp, list) and len(ramp) > 1:
+        problems.append(
+            source.problem(
+                (*with_loc, "ramp"),
+                f"balancer {lb.name} ({lb.driver}) has no weights: a cluster's addresses come back all at "
+                "once, so a ramp cannot be honoured; remove it",
+            )
+        )
+    weights = literal.get("weights")
+    if action_name == "lb.set_weights" and isinstance(weights, dict):
+        for cluster, weight in weights.items():
+            if weight not in (0, 1) or isinstance(weight, bool):
+                problems.append(
+                    source.problem(
+                        (*with_loc, "weights", cluster),
+                        f"balancer {lb.name} ({lb.driver}) takes 0 (addresses removed) or 1 (put back), "
+                        f"got {weight!r}",
+                    )
+                )
 
 
 def _syntax(source: Source, loc: Loc, text: str, problems: list[Problem]) -> None:

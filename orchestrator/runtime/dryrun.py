@@ -8,12 +8,20 @@ or backend service for Gateway API, Istio and SMI; the member value for a webhoo
 against the balancer's configuration; run results and notifications keep the short form
 (`global/us-east weight 100 -> 0`). Nothing is written anywhere: the fence handed to every actuator
 refuses, so a write attempted by mistake fails instead of happening.
+
+A plan that could not read what it would change is not a plan: when a balancer (or a cluster) cannot be
+read, every step is still shown, and then `plan` fails naming what it could not read (exit 1), so a
+script or a pre-change check never takes "cannot read" for "nothing to do". A playbook asked for an
+event its trigger does not take (`--event cluster.recovered` for a `cluster.failed` playbook) is
+planned as asked, with a warning: no real event would start it that way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -32,6 +40,7 @@ from orchestrator.kube.client import KubeClients
 from orchestrator.playbooks import templates
 from orchestrator.playbooks.actions import REGISTRY, Services, StepContext
 from orchestrator.playbooks.loader import load_playbooks
+from orchestrator.playbooks.model import Playbook
 from orchestrator.playbooks.plan import LATE_NAMES, is_late, render_early, render_late, render_plan
 
 STATE_AFTER = {
@@ -48,7 +57,56 @@ def _refuse_writes() -> None:
     raise PermanentError("failover plan changes nothing: a write was attempted and refused")
 
 
-async def plan(config: Config, playbook_name: str, event_type: str, cluster: str, out: Any = print) -> None:
+def _warn_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def trigger_warnings(pb: Playbook, config: Config, event_type: str, cluster: str) -> list[str]:
+    """Why no real event would start `pb` the way it is planned (empty: one would)."""
+    out = []
+    if pb.on.event != event_type:
+        out.append(
+            f"warning: playbook {pb.name} runs on {pb.on.event}, not {event_type}: this plan shows what "
+            f"it would do if it did; `--event {pb.on.event}` plans what a real event does"
+        )
+    selector = pb.on.clusters
+    if selector is not None and not selector.matches(cluster, dict(config.cluster(cluster).labels)):
+        out.append(
+            f"warning: playbook {pb.name} does not select cluster {cluster} (on.clusters): no event on "
+            f"{cluster} starts it"
+        )
+    return out
+
+
+def dry_event(event_type: str, cluster: str, state: str, actor: str) -> dict[str, Any]:
+    """The event a dry run (`failover plan`, readiness checks) gives a playbook: the union of the shapes
+    real events have (a detector's `from`/`to`/`reason`/`evidence`, a system event's `detail`, a manual
+    event's `actor`/`force`: not forced, so approvals show), stamped now."""
+    return {
+        "type": event_type,
+        "cluster": cluster,
+        "from": "failed" if event_type == "cluster.recovered" else "healthy",
+        "to": state,
+        "reason": actor,
+        "detail": {"cluster": cluster, "clusters": [cluster]},
+        "actor": actor,
+        "force": False,
+        "evidence": {},
+        "id": actor,
+        "ts": rfc3339(utc_now()),
+    }
+
+
+async def plan(
+    config: Config,
+    playbook_name: str,
+    event_type: str,
+    cluster: str,
+    out: Any = print,
+    warn: Callable[[str], None] = _warn_stderr,
+) -> None:
+    """Print the plan through `out` and warnings through `warn`; raise PermanentError (after printing
+    the whole plan) when some current state could not be read."""
     playbooks = load_playbooks(config.playbook_paths(), config)
     if playbook_name not in playbooks:
         raise PermanentError(f"no playbook {playbook_name!r} (loaded: {', '.join(sorted(playbooks))})")
@@ -56,25 +114,15 @@ async def plan(config: Config, playbook_name: str, event_type: str, cluster: str
         raise PermanentError(f"unknown cluster {cluster!r}")
     loaded = playbooks[playbook_name]
     pb = loaded.playbook
+    for line in trigger_warnings(pb, config, event_type, cluster):
+        warn(line)
     states = {c.name: "healthy" for c in config.clusters}
     states[cluster] = STATE_AFTER.get(event_type, "healthy")
     clusters = [
         {"name": c.name, "state": states[c.name], "labels": dict(c.labels), "weight": c.weight}
         for c in config.clusters
     ]
-    event: dict[str, Any] = {
-        "type": event_type,
-        "cluster": cluster,
-        "from": "failed" if event_type == "cluster.recovered" else "healthy",
-        "to": states[cluster],
-        "reason": "dry-run",
-        "detail": {"cluster": cluster, "clusters": [cluster]},  # the shape of system events' detail
-        "actor": "dry-run",  # manual events carry who asked, and whether they forced it
-        "force": False,
-        "evidence": {},
-        "id": "dry-run",
-        "ts": rfc3339(utc_now()),
-    }
+    event = dry_event(event_type, cluster, states[cluster], "dry-run")
     bus: Bus | None = None
     store: StateStore = MemoryStateStore()
     notes = []
@@ -128,7 +176,10 @@ async def plan(config: Config, playbook_name: str, event_type: str, cluster: str
         out(f"guards: {', '.join(parts)}")
         for name, value in rendered["vars"].items():
             out(f"vars: {name} = {json.dumps(value)}")
-        await _steps(rendered["steps"], event, rendered, services, guards.min_healthy_clusters, out)
+        unreadable: dict[str, str] = {}
+        await _steps(
+            rendered["steps"], event, rendered, services, guards.min_healthy_clusters, out, unreadable
+        )
         if rendered["on_failure"]:
             out("on_failure (only if a step fails):")
             await _steps(
@@ -138,11 +189,17 @@ async def plan(config: Config, playbook_name: str, event_type: str, cluster: str
                 services,
                 guards.min_healthy_clusters,
                 out,
+                unreadable,
                 placeholders={"failed_step": "<failed step>", "error": "<its error>"},
             )
         for note in notes:
             out(note)
         out("nothing was changed (dry-run)")
+        if unreadable:
+            raise PermanentError(
+                "the plan is incomplete: "
+                + "; ".join(f"cannot read {what}: {why}" for what, why in unreadable.items())
+            )
     finally:
         await kube.close()
         for actuator in balancers.values():
@@ -159,6 +216,7 @@ async def _steps(
     services: Services,
     min_healthy: int,
     out: Any,
+    unreadable: dict[str, str],
     placeholders: dict[str, Any] | None = None,
 ) -> None:
     context = {
@@ -215,6 +273,13 @@ async def _steps(
                     out(f"       -> {line}")
             except OrchestratorError as e:
                 out(f"       -> cannot read current state: {e}")
+                balancer = getattr(params, "balancer", None)
+                what = (
+                    f"balancer {balancer}"
+                    if isinstance(balancer, str)
+                    else f"the state step {step['id']} reads"
+                )
+                unreadable.setdefault(what, str(e))
 
 
 class _NoNotifier:
