@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.detection.observer import guard_holds
 from orchestrator.detection.outputs import Output, failure_marks
 from orchestrator.detection.recovery import mark_intermittent, maybe_recover, move
+from orchestrator.detection.schedule import due_clusters, schedule
 from orchestrator.detection.tracks import Track
 
 if TYPE_CHECKING:
@@ -20,7 +21,15 @@ if TYPE_CHECKING:
 
 
 def evaluate_all(state: DetectorState, now: float, out: list[Output]) -> None:
+    state.pending = set()
+    state.all_due = False
     for cluster in state.clusters.values():
+        evaluate(state, cluster, now, out)
+
+
+def evaluate_due(state: DetectorState, now: float, out: list[Output]) -> None:
+    """A tick: evaluate only the clusters whose decision time can have changed (`schedule`)."""
+    for cluster in due_clusters(state, now):
         evaluate(state, cluster, now, out)
 
 
@@ -43,6 +52,12 @@ def known_vantages(state: DetectorState, now: float) -> int:
 
 
 def evaluate(state: DetectorState, cluster: ClusterState, now: float, out: list[Output]) -> None:
+    """Decide the cluster's status now, then note when time alone can next change it."""
+    _decide(state, cluster, now, out)
+    schedule(state, cluster, now)
+
+
+def _decide(state: DetectorState, cluster: ClusterState, now: float, out: list[Output]) -> None:
     s = state.settings
     specs = state.probes[cluster.name]
     fresh: dict[str, list[tuple[str, Track]]] = {}

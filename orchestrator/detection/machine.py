@@ -34,18 +34,28 @@ Rules (DESIGN §6):
 This module holds the state and input types and `transition`, which routes an input through the
 helpers: `tracks` (recording reports), `observer` (suspect vantages, observer guard), `evaluation`
 (quorum, freshness, deciding a status), `recovery` (recovery hold, flapping), `outputs` (what is
-emitted) and `snapshots` (what survives a restart).
+emitted), `snapshots` (what survives a restart) and `schedule` (which clusters a tick must evaluate).
+Costs per input do not grow with the fleet (issue 19): a report evaluates its own cluster at most and
+keeps the suspect-vantage counts exact in O(its tracks); a tick evaluates only the clusters whose
+decision time alone can change. A test runs random inputs through this and through the
+evaluate-everything detector it replaced and compares every output.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from orchestrator.core.config import Config
 from orchestrator.core.models import ClusterStatus, HealthReport
-from orchestrator.detection.evaluation import evaluate, evaluate_all
-from orchestrator.detection.observer import maybe_clear, suppressed_clusters, update_suspects
+from orchestrator.detection.evaluation import evaluate, evaluate_all, evaluate_due, known_vantages
+from orchestrator.detection.observer import (
+    maybe_clear,
+    note_contradictions,
+    suppressed_clusters,
+    update_suspects,
+)
 from orchestrator.detection.outputs import Output, Signal
 from orchestrator.detection.tracks import Track, record, steady
 
@@ -128,6 +138,11 @@ class ClusterState:
     flapping: bool = False
     tracks: dict[tuple[str, str], Track] = field(default_factory=dict)
     """(probe, vantage) -> Track"""
+    due_at: float = math.inf
+    """When time alone can next change this cluster's decision: its live entry in `DetectorState.due`."""
+    quiet: bool = False
+    """Healthy with no counted track failing or slow at the last evaluation: a steady passing report
+    cannot change it (`schedule`)."""
 
 
 @dataclass
@@ -149,6 +164,21 @@ class DetectorState:
     """A human resumed: failures with an onset before this are accepted despite the guard."""
     cleared_at: float = float("-inf")
     """When the guard last cleared: a suppressed failure needs a failing report after it to count."""
+    contradictions: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(suspect, witness) -> how many clusters the suspect sees failing that the witness contradicts,
+    kept exact report by report (`observer.note_contradictions`)."""
+    contradiction_pairs: dict[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
+    """cluster -> the (suspect, witness) pairs it counts in: what a report on it may change."""
+    due: list[tuple[float, str]] = field(default_factory=list)
+    """Heap of (deadline, cluster): when time alone can change a cluster's decision (`schedule`)."""
+    pending: set[str] = field(default_factory=set)
+    """Clusters a report touched without evaluating them: the next tick evaluates them."""
+    all_due: bool = True
+    """The next tick evaluates every cluster (start, restored state, a prober's new boot)."""
+    known_count: int = -1
+    """The number of vantages `majority` counted over at the last tick: a change re-evaluates all."""
+    order: dict[str, int] = field(default_factory=dict)
+    """cluster -> its position in `clusters`: a tick evaluates due clusters in that order."""
 
     @classmethod
     def from_config(cls, config: Config) -> DetectorState:
@@ -187,11 +217,15 @@ def transition(
         recorded = record(state, item, now)
         if recorded is None:
             return state, out
+        note_contradictions(state, item.cluster)
         # suspects depend on failing counts (changed here) and freshness (re-checked on every tick)
+        cluster = state.clusters[item.cluster]
         if (recorded or state.suspects) and update_suspects(state, now, out):
             evaluate_all(state, now, out)
         elif not steady(state, item):
-            evaluate(state, state.clusters[item.cluster], now, out)
+            evaluate(state, cluster, now, out)
+        elif not cluster.quiet:
+            state.pending.add(item.cluster)  # decided at the next tick, as a full tick would
     elif isinstance(item, Resume):
         if state.frozen:
             state.frozen = False
@@ -206,8 +240,13 @@ def transition(
             )
         evaluate_all(state, now, out)
     else:
-        update_suspects(state, now, out)
-        evaluate_all(state, now, out)
+        changed = update_suspects(state, now, out)
+        known = known_vantages(state, now)
+        if changed or state.all_due or known != state.known_count:
+            state.known_count = known
+            evaluate_all(state, now, out)
+        else:
+            evaluate_due(state, now, out)
     if state.frozen and maybe_clear(state, now, out):
         evaluate_all(state, now, out)
     return state, out

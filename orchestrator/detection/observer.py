@@ -26,6 +26,10 @@ def update_suspects(state: DetectorState, now: float, out: list[Output]) -> bool
     fresh vantage contradicts it: that one reported most of those clusters passing *after* the suspect's
     failures began. Comparing times, not just counts, keeps the verdict independent of the order in
     which the vantages' reports of one round arrive.
+
+    This runs on every report while a vantage is suspect, so it reads counts kept up to date report by
+    report (`note_contradictions`): O(vantages²), whatever the number of clusters. Re-counting every
+    failing cluster here made one cut-off vantage cost 272 µs a report at 1,000 clusters (issue 19).
     """
     total = len(state.clusters)
     limit = state.settings.max_failed_fraction * total
@@ -34,7 +38,8 @@ def update_suspects(state: DetectorState, now: float, out: list[Output]) -> bool
     suspects = set()
     if over and len(over) < len(fresh):
         for v in over:
-            if any(_contradicts(state, w, v) for w in fresh if w not in over):
+            failing = len(state.failing_at.get(v, ()))
+            if any(state.contradictions.get((v, w), 0) * 2 > failing for w in fresh if w not in over):
                 suspects.add(v)
     if suspects == state.suspects:
         return False
@@ -54,28 +59,50 @@ def update_suspects(state: DetectorState, now: float, out: list[Output]) -> bool
     return True
 
 
-def _contradicts(state: DetectorState, witness: str, suspect: str) -> bool:
-    """Whether `witness` has been seeing most of the clusters `suspect` sees failing pass *during* the
-    suspect's failing streaks. Overlapping streaks are a disagreement; reports of one round still in
-    flight (everyone failing, or everyone recovering, in turn) never overlap that way."""
-    failing = state.failing_at.get(suspect, {})
-    contradicted = 0
-    for name in failing:
-        tracks = state.clusters[name].tracks
+def note_contradictions(state: DetectorState, name: str) -> None:
+    """Keep `state.contradictions` in step after a report on cluster `name`.
+
+    (suspect, witness) counts the clusters the suspect sees failing (`failing_at`) that the witness
+    contradicts: for some probe, the witness has been seeing it pass *during* the suspect's failing
+    streak (passing since before the suspect's latest failure, and reported since its streak began).
+    Overlapping streaks are a disagreement; reports of one round still in flight (everyone failing, or
+    everyone recovering, in turn) never overlap that way. Whether a cluster counts depends only on its
+    own tracks and on `failing_at` for it, and both change only when one of its reports is recorded, so
+    re-checking this one cluster keeps every count exact: O(tracks of the cluster) per report.
+    """
+    cluster = state.clusters[name]
+    pairs: set[tuple[str, str]] = set()
+    tracks = cluster.tracks
+    for suspect, failing in state.failing_at.items():
+        if name not in failing:
+            continue
         for (probe, vantage), track in tracks.items():
             if vantage != suspect or track.fail_started_at is None:
                 continue
-            seen = tracks.get((probe, witness))
-            if (
-                seen is not None
-                and seen.ok
-                and seen.ok_since is not None
-                and seen.ok_since <= track.received_at
-                and seen.received_at >= track.fail_started_at
-            ):
-                contradicted += 1
-                break
-    return contradicted * 2 > len(failing)
+            for (seen_probe, witness), seen in tracks.items():
+                if (
+                    seen_probe == probe
+                    and witness != suspect
+                    and seen.ok
+                    and seen.ok_since is not None
+                    and seen.ok_since <= track.received_at
+                    and seen.received_at >= track.fail_started_at
+                ):
+                    pairs.add((suspect, witness))
+    before = state.contradiction_pairs.get(name, frozenset())
+    if pairs == before:
+        return
+    counts = state.contradictions
+    for pair in before - pairs:
+        counts[pair] -= 1
+        if not counts[pair]:
+            del counts[pair]
+    for pair in pairs - before:
+        counts[pair] = counts.get(pair, 0) + 1
+    if pairs:
+        state.contradiction_pairs[name] = frozenset(pairs)
+    else:
+        del state.contradiction_pairs[name]
 
 
 def guard_holds(state: DetectorState, cluster: ClusterState, now: float, out: list[Output]) -> bool:

@@ -48,6 +48,7 @@ def restore(state: DetectorState, clusters: dict[str, dict[str, Any]], guard: di
         c.flapping = bool(data.get("flapping", False))
         c.history = [float(t) for t in data.get("history", [])]
         c.suppressed = bool(data.get("suppressed", False))
+    state.all_due = True  # restored statuses: the next tick decides every cluster again
     if guard:
         state.frozen = bool(guard.get("frozen", False))
         accepted = guard.get("accepted_before")

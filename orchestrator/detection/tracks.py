@@ -93,6 +93,7 @@ def record(state: DetectorState, report: HealthReport, now: float) -> bool | Non
             retired.append(current_boot)
             del retired[:-8]  # bounded memory; eight restarts back is plenty to catch stragglers
         state.boots[vantage] = report.boot_id
+        state.all_due = True  # every cluster's tracks of the older boot stop counting: a full tick
     state.vantages[vantage] = now
     cluster = state.clusters[report.cluster]
     key = (report.probe, vantage)

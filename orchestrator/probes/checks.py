@@ -48,7 +48,9 @@ async def check_http(session: aiohttp.ClientSession, spec: HttpProbe, timeout_s:
             async with session.request(
                 spec.method, spec.url, headers=spec.headers, allow_redirects=False, ssl=spec.verify_tls
             ) as resp:
-                body = await resp.content.read(_BODY_LIMIT) if spec.body_regex else b""
+                # read even when unused: a connection goes back to the pool only once its response is
+                # consumed (a larger body than the limit just closes it)
+                body = await resp.content.read(_BODY_LIMIT)
                 status = resp.status
     except TimeoutError:
         return ProbeResult(False, _elapsed_ms(start), f"timeout after {format_duration(timeout_s)}")
