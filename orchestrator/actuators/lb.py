@@ -88,8 +88,11 @@ class BalancerActuator:
         states: Callable[[], Mapping[str, str]],
         store: StateStore,
         fence: Fence = lambda: None,
+        on_weights: Callable[[str, Mapping[str, int]], None] | None = None,
     ) -> None:
         self.balancer = balancer
+        self.on_weights = on_weights
+        """Told every read and every write (`failover_balancer_weight`): what a weight is now."""
         self.name = balancer.name
         self.nominal = nominal
         """cluster -> nominal weight from the config."""
@@ -182,6 +185,8 @@ class BalancerActuator:
             values = {w[cluster] for w in instances.values() if cluster in w}
             held = await self._held(cluster) if len(values) > 1 else None
             current[cluster] = held if held is not None and held in values else max(values)
+        if self.on_weights is not None:
+            self.on_weights(self.name, current)
         return WeightsView(instances, unreadable, current)
 
     async def set_weights(
@@ -240,6 +245,8 @@ class BalancerActuator:
                 except PermanentError:  # GuardRefused included: nothing was sent
                     await self._withdraw_intent(replaced)
                     raise
+                if self.on_weights is not None:
+                    self.on_weights(self.name, apply)
                 for cluster, weight in apply.items():
                     changes[cluster] = WeightChange(
                         self.name, cluster, current[cluster], weight, member=self.member(cluster)

@@ -100,6 +100,9 @@ class Commands:
         self.approvals = approvals
         self.resume_detector = resume_detector
         self.status = status
+        self.on_drill: Callable[[str, bool], None] | None = None
+        """Told of each `drill` announcement (cluster, started?): a drill's failover is practice, which
+        the daemon leaves out of its detection-latency histogram."""
         self._subscription: Any = None
         self.handlers: dict[str, Handler] = {
             "status": self._status,
@@ -390,6 +393,8 @@ class Commands:
             **{k: args[k] for k in ("outcome", "recovery_s", "timeline") if k in args},
         }
         reason = f"{fault} drill on {cluster} by {caller.actor} {phase}" + (f": {outcome}" if outcome else "")
+        if self.on_drill is not None:
+            self.on_drill(cluster, phase == "started")
         await self.bus.publish_durable(
             subjects.SYSTEM_EVENTS, SystemEvent(type=kind, reason=reason, detail=detail).to_json()
         )

@@ -12,16 +12,18 @@ import re
 import secrets
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from orchestrator.api import dashboard
+from orchestrator.api import dashboard, history, overview
 from orchestrator.api.auth import Refused, audit_refused_request, bearer_token
 from orchestrator.api.bodies import check_command, dumps, json_error, opt_str, run_summary
 from orchestrator.api.commands import Caller, CommandError, Commands
 from orchestrator.api.context import ApiContext
+from orchestrator.api.metrics_render import MetricsRenderer
 from orchestrator.api.routes import INCIDENT_ID_PATTERN, RUN_ID_PATTERN, openapi_document
 from orchestrator.api.sse import EventStream
 from orchestrator.bus.client import Bus
@@ -42,13 +44,18 @@ log = structlog.get_logger(__name__)
 
 WEIGHTS_TIMEOUT_S = 3.0
 """Reading current weights talks to every balancer; a slow one must not hang the cluster view."""
+READINESS_KEY = "readiness.latest"
+"""KV `failover-state` key of the leader's last readiness pass (`runtime.readiness_monitor` writes it)."""
 _RUN_ID = re.compile(RUN_ID_PATTERN)
+DASHBOARD_RUNS = 20
+"""Runs per dashboard page (`?before=` pages on)."""
 _INCIDENT_ID = re.compile(INCIDENT_ID_PATTERN)
 
 
 class Handlers:
     def __init__(self, ctx: ApiContext, heartbeat_s: float, queue_max: int, poll_s: float) -> None:
         self.ctx = ctx
+        self.rendered_metrics = MetricsRenderer(ctx.metrics.registry)
         self.stream = EventStream(ctx, heartbeat_s, queue_max, poll_s)
         self.document = openapi_document()
 
@@ -63,7 +70,7 @@ class Handlers:
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     async def metrics(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
-        body = generate_latest(self.ctx.metrics.registry)
+        body = await self.rendered_metrics.body()  # off the loop: 471 ms at 10,000 clusters
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # views shared by the API and the dashboard ----------------------------------------------------
@@ -71,6 +78,9 @@ class Handlers:
     async def status_view(self) -> dict[str, Any]:
         status = dict(self.ctx.status())
         status["paused"] = await self._pauses()
+        bus = self.ctx.bus
+        leads = bool(self.ctx.readiness().get("leader"))
+        status["leader"] = overview.leader_view(leads, await overview.lease(bus), bool(bus and bus.embedded))
         return status
 
     async def _pauses(self) -> list[dict[str, Any]]:
@@ -175,6 +185,25 @@ class Handlers:
         # secret values, secret-looking keys and URL parameters, whatever an older writer journalled
         return web.json_response(redact.redact(record), dumps=dumps)
 
+    async def readiness_report(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        """The leader's last readiness pass, from KV: every replica answers the same (DESIGN §17)."""
+        bus = self.ctx.bus
+        if bus is None:
+            raise Refused(503, "the state bucket is not available")
+        settings = self.ctx.config.readiness
+        found = await StateStore(bus).get(READINESS_KEY)
+        if not isinstance(found, dict) or not isinstance(found.get("results"), list):
+            found = {
+                "checked_at": None,
+                "duration_s": None,
+                "by": None,
+                "ready": None,
+                "not_ready": 0,
+                "results": [],
+            }
+        body = {**found, "enabled": settings.enabled, "interval_s": settings.interval_s}
+        return web.json_response(redact.redact(body), dumps=dumps)
+
     async def openapi(self, _request: web.Request, _caller: Caller | None) -> web.StreamResponse:
         return web.json_response(self.document, dumps=dumps)
 
@@ -207,18 +236,56 @@ class Handlers:
         return json_error(status, message, headers)
 
     async def events(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        if "since" in request.query:  # a page of what the stream kept (`api.history`)
+            return await history.serve(self.ctx, request.query)
         return await self.stream.serve(request)
 
     # dashboard -----------------------------------------------------------------------------------
 
     async def dashboard(self, request: web.Request, _caller: Caller | None) -> web.StreamResponse:
+        """`/`: the incident dashboard (`api.overview` says what it shows); `?before=<run id>` pages the
+        runs, the rest (the headline, active runs, approvals) is always now."""
+        before = request.query.get("before")
+        if before is not None and not _RUN_ID.match(before):
+            return json_error(400, f"before: a run id matches {RUN_ID_PATTERN}")
+        status, clusters = await self.status_view(), await self.clusters_view()
+        newest = await self.runs_view(DASHBOARD_RUNS)
+        try:
+            shown = newest if before is None else await self.runs_view(DASHBOARD_RUNS, before)
+        except UnknownRun as e:
+            return json_error(400, str(e))
+        found = await StateStore(self.ctx.bus).get(READINESS_KEY) if self.ctx.bus is not None else None
+        readiness = None
+        if self.ctx.bus is not None:
+            settings = self.ctx.config.readiness
+            readiness = {
+                **(found if isinstance(found, dict) and isinstance(found.get("results"), list) else {}),
+                "enabled": settings.enabled,
+                "interval_s": settings.interval_s,
+            }
+            readiness.setdefault("checked_at", None)
+            readiness = redact.redact(readiness)
+        seen = await overview.gather(
+            self.ctx,
+            status=status,
+            clusters=clusters,
+            runs=newest["runs"],
+            active=dashboard.active_runs(status, newest["runs"]),
+            readiness=readiness,
+            playbooks=self.ctx.commands.runner.playbooks if self.ctx.commands is not None else {},
+        )
         nonce = secrets.token_urlsafe(16)
+        token = request.query.get("access_token")
         page = dashboard.render(
-            status=await self.status_view(),
-            clusters=await self.clusters_view(),
-            runs=(await self.runs_view(20))["runs"],
+            status=status,
+            clusters=clusters,
+            runs=shown["runs"] if before is not None else newest["runs"],
             incidents=(await self.incidents_view(open_only=True))["incidents"],
             nonce=nonce,
+            seen=seen,
+            query=urlencode({"access_token": token}) if token else "",
+            before=before,
+            older=shown["next"],
         )
         return _html(page, nonce)
 

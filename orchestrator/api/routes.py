@@ -29,6 +29,9 @@ class Reply:
     description: str
     schema: dict[str, Any] | None = None
     content_type: str = JSON
+    also: tuple[tuple[str, dict[str, Any]], ...] = ()
+    """Other (content type, schema) the same status may answer with, chosen by the query (the events
+    route: the live stream, or a JSON page of its history with `since`)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class Route:
     """The handler authenticates itself, so that a refusal is written to `failover.audit` like any
     refused command (mutating routes); the others are refused by the route wrapper."""
     tag: str = "api"
+    signed_by: str | None = None
+    """Not a bearer token: the request is verified by this security scheme (chatops: the chat service's
+    signature or token); `role` is then the least role a chat user needs (`chatops.*.users`)."""
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -264,8 +270,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "waiting_approval": {"type": "array", "items": {"type": "string"}},
             "playbooks": {"type": "object", "additionalProperties": {"type": "string"}},
             "paused": {"type": "array", "items": _ref("Pause")},
+            "leader": {
+                "type": "object",
+                "description": "who leads: the lease's holder and term, and whether this replica answered",
+                "properties": {
+                    "present": {"type": "boolean"},
+                    "holder": _NULLABLE_STRING,
+                    "term": {"type": ["integer", "null"]},
+                    "this_replica": {"type": "boolean"},
+                },
+                "required": ["present"],
+            },
         },
-        "required": ["ready", "clusters", "frozen", "paused"],
+        "required": ["ready", "clusters", "frozen", "paused", "leader"],
     },
     "Command": {"oneOf": [_command_schema(c) for c in COMMAND_ARGS]},
     "CommandResult": {
@@ -274,6 +291,98 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["ok", "result"],
     },
 }
+_READINESS_PROBLEM = {
+    "type": "object",
+    "properties": {
+        "kind": {"enum": ["plan", "balancer", "guard", "workload", "capacity", "permission", "notifier"]},
+        "target": {"type": "string"},
+        "message": {"type": "string"},
+    },
+    "required": ["kind", "target", "message"],
+}
+SCHEMAS["ReadinessReport"] = {
+    "type": "object",
+    "description": "The leader's last readiness pass (DESIGN §17): would each failover playbook work now, "
+    "for each cluster's loss; `checked_at` null before the first pass",
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "interval_s": {"type": "number"},
+        "checked_at": _NULLABLE_STRING,
+        "duration_s": {"type": ["number", "null"]},
+        "by": {**_NULLABLE_STRING, "description": "the leader that ran the pass"},
+        "ready": {"type": ["boolean", "null"]},
+        "not_ready": {"type": "integer"},
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "playbook": {"type": "string"},
+                    "cluster": {"type": "string", "description": "the cluster whose loss was dry-run"},
+                    "event": {"type": "string"},
+                    "ready": {"type": "boolean"},
+                    "passed": {"type": "integer"},
+                    "problems": {"type": "array", "items": _READINESS_PROBLEM},
+                    "skipped": {"type": "array", "items": _READINESS_PROBLEM},
+                },
+                "required": ["playbook", "cluster", "ready", "problems"],
+            },
+        },
+    },
+    "required": ["enabled", "checked_at", "ready", "results"],
+}
+
+EVENTS_LIMIT_MAX = 500
+SCHEMAS["StoredEvent"] = {
+    "type": "object",
+    "properties": {
+        "seq": {"type": "integer", "description": "its sequence in the events stream"},
+        "kind": {"enum": ["cluster", "system", "run"]},
+        "subject": {"type": "string"},
+        "stored_at": {"type": "string", "description": "when JetStream stored it (RFC 3339)"},
+        "event": {"type": "object", "description": "the body as published (cluster, system or run event)"},
+    },
+    "required": ["seq", "kind", "subject", "stored_at", "event"],
+}
+SCHEMAS["EventsPage"] = {
+    "type": "object",
+    "properties": {
+        "events": {"type": "array", "items": _ref("StoredEvent")},
+        "next": {"type": "integer", "description": "the `since` of the following page"},
+        "more": {"type": "boolean", "description": "more events matched after this page when it was read"},
+        "expired": {
+            "type": "boolean",
+            "description": "events after the `since` sequence were already dropped by the stream's retention",
+        },
+        "first_seq": {"type": "integer"},
+        "last_seq": {"type": "integer"},
+    },
+    "required": ["events", "next", "more", "expired", "first_seq", "last_seq"],
+}
+EVENTS_PARAMETERS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "since",
+        "in": "query",
+        "required": False,
+        "description": "a stream sequence (events after it; 0: from the oldest kept) or an RFC 3339 time "
+        "with its zone (events stored at or after it); omit for the live stream",
+        "schema": {"type": "string", "pattern": r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ].+)$"},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "with `since`: how many events at most",
+        "schema": {"type": "integer", "minimum": 1, "maximum": EVENTS_LIMIT_MAX, "default": 100},
+    },
+    {
+        "name": "kind",
+        "in": "query",
+        "required": False,
+        "description": "with `since`: only these kinds (comma-separated: cluster, system, run)",
+        "schema": {"type": "string", "pattern": r"^(cluster|system|run)(,(cluster|system|run)){0,2}$"},
+    },
+)
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -420,15 +529,28 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET", "/api/v1/events", "events",
-        "Server-sent events: `failover.events.>` and `failover.runs.>` live (`event:` cluster, system, run; "
-        "`dropped` when a slow client lost events)",
+        "Without `since`: server-sent events, `failover.events.>` and `failover.runs.>` live (`event:` "
+        "cluster, system, run; `dropped` when a slow client lost events). With `since`: one JSON page of "
+        "the history JetStream kept, oldest first; pass `next` as the following `since`",
         "viewer",
         {
-            200: Reply("An endless `text/event-stream`.", {"type": "string"}, "text/event-stream"),
+            200: Reply(
+                "An endless `text/event-stream`; with `since`, one page of history (JSON).",
+                {"type": "string"},
+                "text/event-stream",
+                also=((JSON, _ref("EventsPage")),),
+            ),
+            400: _ERROR,
             **_AUTH_REPLIES,
             **_UNAVAILABLE,
         },
+        parameters=EVENTS_PARAMETERS,
         query_token=True,
+    ),
+    Route(
+        "GET", "/api/v1/readiness", "readiness_report",
+        "Readiness (DESIGN §17): the last pass's result per failover playbook and cluster", "viewer",
+        {200: Reply("The report.", _ref("ReadinessReport")), **_AUTH_REPLIES, **_UNAVAILABLE},
     ),
     Route(
         "GET", "/api/v1/openapi.json", "openapi", "This document", "viewer",
@@ -437,7 +559,51 @@ ROUTES: tuple[Route, ...] = (
 )  # fmt: skip
 
 
-def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
+_FORM = "application/x-www-form-urlencoded"
+_CHAT_REPLIES = {
+    400: Reply("Malformed request (not the platform's format).", _ref("Error")),
+    401: Reply("Not verified (signature, timestamp window or token); audited.", _ref("Error")),
+    404: Reply("This platform is not configured under `chatops:`.", _ref("Error")),
+}
+_MM_SOURCE = {403: Reply("Not from `chatops.mattermost.allowed_sources`; audited.", _ref("Error"))}
+CHATOPS_ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST", "/chatops/slack/commands", "chatops_slack_commands",
+        "Slack slash command `/failover ...` (form; v0 signature); the `failover ctl` grammar", "viewer",
+        {200: Reply("A Slack message (Block Kit), or an acknowledgement with the answer on response_url.",
+                    {"type": "object"}), **_CHAT_REPLIES},
+        tag="chatops", signed_by="slackSignature",
+    ),
+    Route(
+        "POST", "/chatops/slack/interactions", "chatops_slack_interactions",
+        "Slack `block_actions` (form field `payload`; v0 signature): Approve / Deny buttons", "viewer",
+        {200: Reply("Accepted; the answer goes to the payload's response_url.", None), **_CHAT_REPLIES},
+        tag="chatops", signed_by="slackSignature",
+    ),
+    Route(
+        "POST", "/chatops/mattermost/commands", "chatops_mattermost_commands",
+        "Mattermost slash command `/failover ...` (form; the command's token)", "viewer",
+        {200: Reply("A Mattermost command response.", {"type": "object"}), **_CHAT_REPLIES, **_MM_SOURCE},
+        tag="chatops", signed_by="mattermostToken",
+    ),
+    Route(
+        "POST", "/chatops/mattermost/actions", "chatops_mattermost_actions",
+        "Mattermost interactive-message button callback (JSON; our signed `context`)", "viewer",
+        {200: Reply("A Mattermost action response (`update`, `ephemeral_text`).", {"type": "object"}),
+         **_CHAT_REPLIES, **_MM_SOURCE},
+        tag="chatops", signed_by="mattermostContext",
+    ),
+)  # fmt: skip
+"""Served by `api.chatops.register_routes` (not the bearer-token wrapper): chat services sign instead."""
+_CHAT_BODIES = {
+    "chatops_slack_commands": _FORM,
+    "chatops_slack_interactions": _FORM,
+    "chatops_mattermost_commands": _FORM,
+    "chatops_mattermost_actions": JSON,
+}
+
+
+def openapi_document(routes: Iterable[Route] = (*ROUTES, *CHATOPS_ROUTES)) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `routes`."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
@@ -448,12 +614,28 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
             "responses": {
                 str(status): {
                     "description": reply.description,
-                    **({"content": {reply.content_type: {"schema": reply.schema}}} if reply.schema else {}),
+                    **(
+                        {
+                            "content": {
+                                reply.content_type: {"schema": reply.schema},
+                                **{kind: {"schema": schema} for kind, schema in reply.also},
+                            }
+                        }
+                        if reply.schema
+                        else {}
+                    ),
                 }
                 for status, reply in sorted(route.replies.items())
             },
         }
-        if route.role is None:
+        if route.signed_by is not None:
+            operation["security"] = [{route.signed_by: []}]
+            operation["x-required-role"] = route.role
+            operation["requestBody"] = {
+                "required": True,
+                "content": {_CHAT_BODIES.get(route.operation, _FORM): {"schema": {"type": "object"}}},
+            }
+        elif route.role is None:
             operation["security"] = []
         else:
             operation["security"] = [{"bearer": []}, *([{"accessToken": []}] if route.query_token else [])]
@@ -481,6 +663,24 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
                     "in": "query",
                     "name": "access_token",
                     "description": "the same token, for browsers (EventSource, page loads)",
+                },
+                "slackSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Slack-Signature",
+                    "description": "Slack's v0 signature with X-Slack-Request-Timestamp (5-minute window)",
+                },
+                "mattermostToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`Token <slash command token>` (or the form field `token`)",
+                },
+                "mattermostContext": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Failover-Context",
+                    "description": "no header: the button's `context` (JSON body) carries our HMAC signature",
                 },
             },
         },

@@ -20,6 +20,8 @@ from aiohttp import web
 
 from orchestrator.api.auth import Handler, errors, wrap
 from orchestrator.api.bodies import json_error
+from orchestrator.api.chatops import ChatOps
+from orchestrator.api.chatops import register_routes as register_chatops
 from orchestrator.api.context import ApiContext
 from orchestrator.api.handlers import Handlers
 from orchestrator.api.routes import ROUTES
@@ -59,6 +61,7 @@ def build_app(
     sse_heartbeat_s: float = SSE_HEARTBEAT_S,
     sse_queue_max: int = SSE_QUEUE_MAX,
     sse_poll_s: float = SSE_POLL_S,
+    chatops: ChatOps | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[errors, bounded_bodies], client_max_size=BODY_MAX_BYTES)
     app[API_CONFIG] = ctx.config.api
@@ -70,6 +73,7 @@ def build_app(
             app.router.add_get(route.path, serve, name=route.operation, allow_head=False)
         else:
             app.router.add_route(route.method, route.path, serve, name=route.operation)
+    register_chatops(app, chatops)  # `/chatops/*`: verified by the chat service's signature, not a token
     app.on_shutdown.append(handlers.stream.on_shutdown)
     return app
 

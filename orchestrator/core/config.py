@@ -23,13 +23,14 @@ from orchestrator.core.config_daemon import (
     LeadershipConfig,
     NatsConfig,
     PlaybooksConfig,
+    ReadinessConfig,
     ReconcileConfig,
     RunsConfig,
 )
 from orchestrator.core.config_drivers import LoadBalancerConfig, NotifierConfig
 from orchestrator.core.config_fields import Model
 from orchestrator.core.errors import Problem, ValidationFailed
-from orchestrator.core.yamlsource import Source, load_yaml, validate_model
+from orchestrator.core.yamlsource import MAX_CONFIG_BYTES, Source, load_yaml, validate_model
 
 
 class Config(Model):
@@ -47,6 +48,7 @@ class Config(Model):
     chatops: ChatopsConfig = ChatopsConfig()
     runs: RunsConfig = RunsConfig()
     drills: list[DrillScheduleConfig] = []
+    readiness: ReadinessConfig = ReadinessConfig()
 
     base_dir: str = Field(default=".", exclude=True)
     """Directory of the config file: relative paths in it (state_dir, playbooks) resolve from here."""
@@ -94,11 +96,15 @@ class Config(Model):
 # Drivers that this build can actually drive; the rest are refused by validate with a clear message
 # rather than accepted and failing at the first failover.
 IMPLEMENTED_LB_DRIVERS = {"haproxy", "gateway_api", "istio", "smi", "webhook"}
+IMPLEMENTED_LB_DRIVERS |= {"emissary", "external_dns", "consul"}
+IMPLEMENTED_LB_DRIVERS |= {"rfc2136", "powerdns"}
 IMPLEMENTED_NOTIFIERS = {"webhook", "slack", "email", "nats", "teams", "pagerduty", "alertmanager"}
 IMPLEMENTED_PROBES = {"http", "tcp", "kube_api", "kube_workload"}
 
 
-def _cross_checks(source: Source, config: Config) -> list[Problem]:
+def _cross_checks(source: Source, config: Config, set_aside: frozenset[str] = frozenset()) -> list[Problem]:
+    """Checks across sections. `set_aside`: names of clusters that failed validation (reported already),
+    which references may name without a second, misleading "unknown cluster"."""
     problems: list[Problem] = []
     cluster_names = [c.name for c in config.clusters]
 
@@ -147,7 +153,7 @@ def _cross_checks(source: Source, config: Config) -> list[Problem]:
                 )
             )
         for member in lb.members:
-            if member not in cluster_names:
+            if member not in cluster_names and member not in set_aside:
                 problems.append(
                     source.problem(("load_balancers", bi, "members", member), f"unknown cluster {member!r}")
                 )
@@ -183,6 +189,8 @@ def _cross_checks(source: Source, config: Config) -> list[Problem]:
     for di, drill in enumerate(config.drills):
         for ci, name in enumerate(drill.clusters):
             found = next((c for c in config.clusters if c.name == name), None)
+            if found is None and name in set_aside:
+                continue
             if found is None or found.kubernetes is None:
                 why = "unknown cluster" if found is None else "a cluster without `kubernetes:`"
                 problems.append(source.problem(("drills", di, "clusters", ci), f"{why} {name!r}"))
@@ -233,7 +241,7 @@ def anonymous_exposure(config: Config) -> str | None:
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     """Load and check a config file; raise ValidationFailed listing every problem with its line."""
-    source = load_yaml(path, env=env)
+    source = load_yaml(path, env=env, max_bytes=MAX_CONFIG_BYTES)
     config = validate_model(source, Config)
     problems = _cross_checks(source, config)
     if problems:

@@ -1,5 +1,5 @@
 """The daemon's own sections: `nats`, `api`, `reconcile`, `leadership`, `playbooks`, `chatops`, `runs`
-and `drills`.
+and `drills` (`chatops` is defined in `config_chatops`).
 
 Split from `config` so the settings of the orchestrator itself (how it connects, listens, elects a
 leader and finds its playbooks) sit apart from the fleet it manages.
@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 
+from orchestrator.core.config_chatops import ChatopsConfig as ChatopsConfig  # noqa: PLC0414 (re-exported)
 from orchestrator.core.config_fields import HttpUrlStr, Model, Name, Seconds
 
 
@@ -212,16 +213,6 @@ class PlaybooksConfig(Model):
     paths: list[str] = ["playbooks/"]
 
 
-class SlackChatops(Model):
-    signing_secret: SecretStr
-    users: dict[str, Literal["viewer", "operator", "admin"]] = {}
-    channels: list[str] = []
-
-
-class ChatopsConfig(Model):
-    slack: SlackChatops | None = None
-
-
 class RunsRetentionConfig(Model):
     """How long the run journal (KV `failover-runs`) keeps finished runs; unfinished runs are always kept."""
 
@@ -295,3 +286,17 @@ class DrillScheduleConfig(Model):
         if bool(self.namespace) != bool(self.deployment):
             raise ValueError("namespace and deployment go together")
         return self
+
+
+class ReadinessConfig(Model):
+    """`readiness:` (DESIGN §17): the leader dry-runs every failover playbook for every cluster and
+    checks it would work (balancers, workloads, capacity, Kubernetes permissions, notifiers)."""
+
+    enabled: bool = True
+    interval_s: Seconds = Field(default=300.0, alias="interval", gt=0)
+    """5m, like AWS ARC's readiness checks (30 minutes there): a pass is one read per balancer, workload,
+    permission and notifier, cheap enough to find a renamed server within minutes, not at 3 a.m."""
+    timeout_s: Seconds = Field(default=10.0, alias="timeout", gt=0)
+    """Each read, review or notifier check of a pass: a slow answer is a problem, not a hung pass."""
+    playbooks: list[Name] = []
+    """The playbooks to check; default: those triggered by `cluster.failed`, and `manual-drain*`."""

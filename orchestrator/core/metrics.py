@@ -3,9 +3,20 @@ so tests can run several daemons in one process."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from orchestrator import __version__
 
 STATES = ("unknown", "healthy", "degraded", "failed")
+
+# a `_created` series per counter and histogram child doubles the series count for nothing an alert uses
+disable_created_metrics()  # type: ignore[no-untyped-call]
+ORIGINS_MAX = 10_000
+"""Runs whose origin `FirstActions` remembers at once: far above the runs a daemon has going."""
 
 
 class Metrics:
@@ -96,11 +107,113 @@ class Metrics:
             ["cluster"],
             registry=r,
         )
+        self.balancer_drift = Gauge(
+            "failover_balancer_drift",
+            "1 while a balancer holds another weight than the one we hold for a cluster and it was not "
+            "put back (DNS drift of a cluster that is not failed, a re-assertion that did not go "
+            "through), 0 once it matches again; no series once nothing is held",
+            ["balancer", "cluster"],
+            registry=r,
+        )
         self.task_restarts = Counter(
             "failover_task_restarts", "Daemon tasks that died and were restarted", ["task"], registry=r
         )
         self.up = Gauge("failover_up", "1 while the daemon runs", registry=r)
+        self.readiness = Gauge(
+            "failover_readiness",
+            "1 when the failover playbook would work now for this cluster's loss, 0 when a readiness check "
+            "failed (DESIGN §17; set by the leader, cleared on followers)",
+            ["playbook", "cluster"],
+            registry=r,
+        )
+        self.readiness_checked = Gauge(
+            "failover_readiness_last_check_timestamp_seconds",
+            "When the leader's last readiness pass finished (alert when it is older than a few intervals)",
+            registry=r,
+        )
+
+        self.build_info = Gauge(
+            "failover_build_info", "1, labelled with the running build", ["version", "python"], registry=r
+        )
+        self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
+        self.balancer_weight = Gauge(
+            "failover_balancer_weight",
+            "Each cluster's current native weight in each balancer, as the actuator last read or wrote it",
+            ["balancer", "cluster"],
+            registry=r,
+        )
+        self.probe_result = Gauge(
+            "failover_probe_result",
+            "The last report of each probe of each cluster from each listed vantage: 1 passed, 0 failed",
+            ["cluster", "probe", "vantage"],
+            registry=r,
+        )
+        self.probe_reported = Gauge(
+            "failover_probe_last_report_timestamp_seconds",
+            "When the last report of each probe of each cluster from each vantage was made (its `ts`)",
+            ["cluster", "probe", "vantage"],
+            registry=r,
+        )
+        self.first_actions = FirstActions(self.detection_to_action)
+        self._probe_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe_weights(self, balancer: str, weights: Mapping[str, int]) -> None:
+        """A balancer's weights as just read or written (the `on_weights` of `BalancerActuator`)."""
+        for cluster, weight in weights.items():
+            self.balancer_weight.labels(balancer=balancer, cluster=cluster).set(weight)
+
+    def observe_probe(self, cluster: str, probe: str, vantage: str, ok: bool, made_at: float) -> None:
+        """One admitted health report (unknown vantages, clusters and probes never get this far, so the
+        series are bounded by the config)."""
+        key = (cluster, probe, vantage)
+        children = self._probe_children.get(key)
+        if children is None:  # two label lookups per report were a tenth of ingest: once per series
+            children = self._probe_children[key] = (
+                self.probe_result.labels(cluster=cluster, probe=probe, vantage=vantage),
+                self.probe_reported.labels(cluster=cluster, probe=probe, vantage=vantage),
+            )
+        children[0].set(1 if ok else 0)
+        children[1].set(made_at)
 
     def set_cluster_state(self, cluster: str, state: str) -> None:
         for s in STATES:
             self.cluster_state.labels(cluster=cluster, state=s).set(1 if s == state else 0)
+
+
+class FirstActions:
+    """`failover_detection_to_first_action_seconds` for the runs a detected change started, only.
+
+    The executor reports `since_event_s` for every run's first action, but from a human's command (a
+    manual run, its event stamped when the command came) or from a drill's injected fault the figure
+    says nothing about detection, and mixed in it would hide how fast the automation really is. The run
+    events say which is which: `started` carries the event type and the actor; `drill.started` and
+    `drill.finished` system events mark the clusters being drilled.
+    """
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self.automatic: dict[str, bool] = {}
+        """run id -> started by a detected change (not a human, not a drill), until it finishes."""
+        self.drilled: set[str] = set()
+
+    def drill(self, cluster: str, active: bool) -> None:
+        """A drill started (or finished) on `cluster`: its runs meanwhile are practice."""
+        if active:
+            self.drilled.add(cluster)
+        else:
+            self.drilled.discard(cluster)
+
+    def run_event(self, run_id: str, kind: str, detail: Mapping[str, Any]) -> None:
+        """Every run event, in order: `started` records the origin, the first action is observed once
+        (automatic runs only), `finished` forgets the run."""
+        if kind == "started" and "guard_bypassed" not in detail:
+            event, cluster = str(detail.get("event") or ""), detail.get("cluster")
+            if len(self.automatic) >= ORIGINS_MAX:
+                self.automatic.pop(next(iter(self.automatic)))
+            self.automatic[run_id] = (
+                event.startswith("cluster.") and not detail.get("actor") and cluster not in self.drilled
+            )
+        elif "since_event_s" in detail and self.automatic.get(run_id):
+            self.histogram.observe(float(detail["since_event_s"]))
+        if kind == "finished":
+            self.automatic.pop(run_id, None)

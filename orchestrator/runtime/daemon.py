@@ -17,6 +17,7 @@ import structlog
 from orchestrator.actuators.lb import BalancerActuator
 from orchestrator.actuators.registry import build_balancer
 from orchestrator.actuators.scale import ScaleActuator
+from orchestrator.api.chatops import ChatOpsApp
 from orchestrator.api.commands import Commands, forced_by_audit
 from orchestrator.api.context import ApiContext
 from orchestrator.api.server import ApiServer, build_app
@@ -42,6 +43,7 @@ from orchestrator.playbooks.runner import Runner
 from orchestrator.playbooks.timeline import recovery_stages
 from orchestrator.probes.prober import Prober
 from orchestrator.runtime.drills import practice_runs
+from orchestrator.runtime.readiness_monitor import readiness_monitor
 from orchestrator.runtime.reconcile import Reconciler
 from orchestrator.runtime.reload import PlaybookWatcher
 from orchestrator.runtime.reposter import IncidentReposter
@@ -75,6 +77,7 @@ class Daemon:
         self.journal: BusJournal | None = None
         self.approvals: ApprovalBook | None = None
         self.commands: Commands | None = None
+        self.chatops: ChatOpsApp | None = None
         self.kube: KubeClients | None = None
         self.reconciler: Reconciler | None = None
         self.leadership: Leadership | None = None
@@ -152,6 +155,7 @@ class Daemon:
                     states,
                     store,
                     fence=leadership.fence,
+                    on_weights=self.metrics.observe_weights,
                 )
                 for lb in config.load_balancers
             }
@@ -197,6 +201,8 @@ class Daemon:
                 self._system_event,
                 busy=runner_busy,
                 interval_s=config.reconcile.interval_s,
+                failed=lambda cluster: states().get(cluster) == "failed",  # re-drained even in DNS
+                metrics=self.metrics,
             )
 
             async def on_event(event: dict[str, Any]) -> None:
@@ -226,12 +232,15 @@ class Daemon:
                 self.status,
                 is_leader=lambda: leadership.is_leader,
             )
+            self.commands.on_drill = self.metrics.first_actions.drill
             if not config.api.tokens:
                 log.warning(
                     "commands.unauthenticated",
                     reason="no api.tokens configured: every command "
                     "runs as anonymous admin; configure tokens for anything but a laptop",
                 )
+            if config.chatops.slack is not None or config.chatops.mattermost is not None:
+                self.chatops = ChatOpsApp(config, self.commands, bus, session, self.approvals, journal, store)
             self.api = ApiServer(
                 build_app(
                     ApiContext(
@@ -243,7 +252,8 @@ class Daemon:
                         self.journal,
                         bus,
                         self.current_weights,
-                    )
+                    ),
+                    chatops=self.chatops.chatops if self.chatops else None,
                 ),
                 config.api.host,
                 config.api.port,
@@ -310,6 +320,7 @@ class Daemon:
 
             async def deposed() -> None:
                 self.metrics.leader.set(0)
+                watchdog.kick()  # forgets the leader's view: /readyz and its gauges are not ours now
                 await commands.stop_serving()
                 await runner.abandon()  # journalled; the new leader resumes what was in flight
 
@@ -330,6 +341,14 @@ class Daemon:
                 config, self.status, self.current_weights, store, journal, self._system_event
             )
             supervisor.spawn("drills", lambda: drills.run(stop, lambda: leadership.is_leader))  # `drills:`
+            if self.chatops is not None:  # approval buttons in Slack, posted and closed by the leader
+                chatops = self.chatops
+                supervisor.spawn("chatops", lambda: chatops.run(stop, lambda: leadership.is_leader))
+            readiness = readiness_monitor(  # `readiness:` (DESIGN §17): the leader dry-runs every failover
+                config, lambda: runner.playbooks, balancers, self.kube, store, session, bus, self.metrics,
+                self._system_event, states, lambda: leadership.holder,
+            )  # fmt: skip
+            supervisor.spawn("readiness", lambda: readiness.run(stop, lambda: leadership.is_leader))
             interval_s = config.reconcile.interval_s
             supervisor.spawn(
                 "run-adopter", lambda: runner.adopt_orphans(stop, interval_s, lambda: leadership.is_leader)
@@ -411,6 +430,8 @@ class Daemon:
 
     async def _system_event(self, kind: str, reason: str, detail: dict[str, Any]) -> None:
         assert self.bus is not None
+        if kind in ("drill.started", "drill.finished"):  # a drill's runs are practice, not detection
+            self.metrics.first_actions.drill(str(detail.get("cluster")), kind == "drill.started")
         try:
             await self.bus.publish_durable(
                 subjects.SYSTEM_EVENTS, SystemEvent(type=kind, reason=reason, detail=detail).to_json()
@@ -431,13 +452,14 @@ class Daemon:
         if event.type == "finished" and self.reconciler is not None:
             self.reconciler.kick()  # after every run, desired state is reconciled
         self.metrics.run_events.labels(type=event.type).inc()
+        if self.chatops is not None:
+            self.chatops.kick()  # a run may have started or stopped waiting for an approval (cheap)
         if event.type in ("step.succeeded", "step.failed") and "duration_s" in event.detail:
             outcome = "succeeded" if event.type == "step.succeeded" else "failed"
             self.metrics.step_duration.labels(
                 playbook=event.playbook, action=str(event.detail.get("action")), outcome=outcome
             ).observe(float(event.detail["duration_s"]))
-        if "since_event_s" in event.detail:
-            self.metrics.detection_to_action.observe(float(event.detail["since_event_s"]))
+        self.metrics.first_actions.run_event(event.run_id, event.type, event.detail)  # automatic runs only
         if event.type == "blocked":
             self.metrics.guard_refusals.labels(rule=str(event.detail.get("rule", "unknown"))).inc()
         if event.type == "finished":
