@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install packages lint format test chaos demo bench clean
+.PHONY: install packages lint format test chaos demo bench image clean
 
 $(STAMP): pyproject.toml
 	@scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -41,6 +41,11 @@ bench: install
 	$(BIN)/python bench/detector.py
 	$(BIN)/python bench/nats_outage.py
 	$(BIN)/python bench/election.py
+	$(BIN)/python bench/prober.py
+	$(BIN)/python bench/fleet.py --sizes 1000,5000 --modes healthy,partitioned
+
+image:
+	scripts/check-image.sh
 
 clean:
 	rm -rf $(VENV) .failover .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

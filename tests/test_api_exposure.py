@@ -1,7 +1,7 @@
 """API exposure (issue 12, findings 1 and 7; DESIGN §12 "API exposure"): no anonymous admin on a network
 address, JSON-only mutating requests with an Origin check, DNS rebinding refused, bounded and audited
-pauses, a pause record that cannot break a reader, every command audited, and the shipped `deploy/` that
-validates with tokens from a Secret and no anonymous access."""
+pauses, a pause record that cannot break a reader, every command audited. The shipped `deploy/` (tokens from
+a Secret, no anonymous access) is checked in tests/test_deploy.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -332,76 +331,3 @@ async def test_pause_readers_are_total(until: object, in_force: bool) -> None:
     reason = await pause_reason(store, run)  # the runner's guard formats `until`: it must not raise
     assert (reason is not None) is (found is not None)
     assert pause_in_force("not a dict", now) is False
-
-
-# deploy/: tokens from a Secret, no anonymous access ---------------------------------------------------
-
-
-def _deploy_documents() -> list[dict[str, Any]]:
-    """The shipped manifests as kustomize builds them (kubectl's built-in kustomize, offline)."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        documents = [
-            d for f in sorted((ROOT / "deploy").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
-        ]
-        return [d for d in documents if d and d.get("kind") != "Kustomization"]
-    out = subprocess.run(
-        [kubectl, "kustomize", str(ROOT / "deploy")], capture_output=True, text=True, timeout=60, check=True
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
-
-
-def test_deploy_validates_with_tokens_from_a_secret_and_no_anonymous_access(tmp_path: Path) -> None:
-    documents = _deploy_documents()
-    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in documents}
-    config_text = by_kind[("ConfigMap", "failover")]["data"]["failover.yaml"]
-    container = by_kind[("Deployment", "failover")]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e for e in container["env"]}
-
-    # every ${VAR} in the config that is not the pod's own name comes from a Secret
-    variables = set(re.findall(r"\$\{([A-Z0-9_]+)", config_text))
-    assert variables, "the config references its secrets"
-    secret_vars = {v for v in variables if "secretKeyRef" in env[v].get("valueFrom", {})}
-    assert variables - secret_vars == {"POD_NAME"}
-    # the Secret template ships with the names the Deployment reads, and no usable value
-    template = [d for d in yaml.safe_load_all((ROOT / "deploy" / "secret.example.yaml").read_text()) if d]
-    shipped = {(d["metadata"]["name"], k): v for d in template for k, v in d.get("stringData", {}).items()}
-    for var in secret_vars:
-        assert _ref(env[var]) in shipped, var
-
-    config = tmp_path / "failover.yaml"
-    config.write_text(config_text)
-    playbooks = str(ROOT / "playbooks")
-    values = {
-        v: f"https://hooks.example.com/{v.lower()}"
-        if v.endswith("_URL")
-        else f"generated-{v.lower()}-0a1b2c3d"
-        for v in variables
-    }
-    values = {v: value.replace("_", "-") for v, value in values.items()}
-    result = run_cli("validate", "--config", str(config), playbooks, env=values)
-    assert result.returncode == 0, result.stderr
-    assert "anonymous" not in result.stderr
-    loaded = load_config(config, env=values)
-    assert loaded.api.host not in ("127.0.0.1", "localhost", "::1"), "deploy listens on the pod network"
-    assert loaded.api.tokens and not loaded.api.allow_anonymous
-    assert {t.role for t in loaded.api.tokens} >= {"admin"}
-    assert all(t.token.get_secret_value().startswith("generated-") for t in loaded.api.tokens)
-
-    # the Secret template applied as shipped (empty values): the daemon refuses to start, never runs open
-    empty = {**values, **{v: str(shipped[_ref(env[v])]) for v in secret_vars}}
-    result = run_cli("validate", "--config", str(config), playbooks, env=empty)
-    assert result.returncode == 1 and "api.tokens[0].token" in result.stderr, result.stderr
-
-    # and with the tokens taken out, the shipped listen address is refused: anonymous admin is impossible
-    data = yaml.safe_load(config_text)
-    del data["api"]["tokens"]
-    open_config = tmp_path / "open.yaml"
-    open_config.write_text(yaml.safe_dump(data))
-    result = run_cli("validate", "--config", str(open_config), playbooks, env=values)
-    assert result.returncode == 1 and "api.listen" in result.stderr and "not loopback" in result.stderr
-
-
-def _ref(env_entry: dict[str, Any]) -> tuple[str, str]:
-    ref = env_entry["valueFrom"]["secretKeyRef"]
-    return str(ref["name"]), str(ref["key"])
