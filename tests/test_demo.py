@@ -1,11 +1,15 @@
 """`failover demo` (what `make demo` runs) shows the product and exits 0: three vantages and quorum, a
-drain with the survivors scaled, an incident, an approved failback, and the recovery times."""
+drain with the survivors scaled, an incident, an approved failback, and the recovery times; with
+`--keep` it stays up with a dashboard URL that works, until Ctrl-C."""
 
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,16 +20,41 @@ pytestmark = pytest.mark.timeout(200)
 def test_the_demo_shows_quorum_scaling_approval_incident_and_recovery_times(
     haproxy_binary: str, nats_binary: str, tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "demo", "--state-dir", str(tmp_path), "--recovery-hold", "2s"],
-        capture_output=True,
+    args = ["demo", "--state-dir", str(tmp_path / "state"), "--recovery-hold", "2s", "--keep"]
+    errors = (tmp_path / "stderr").open("w")  # a file: a full stderr pipe would block the demo
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        stdout=subprocess.PIPE,
+        stderr=errors,
         text=True,
-        timeout=180,
-        check=False,
         cwd=Path(__file__).resolve().parents[1],
     )
-    out = result.stdout
-    assert result.returncode == 0, out[-4000:] + result.stderr[-3000:]
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 170
+        while time.monotonic() < deadline:  # bounded: the demo takes about 20 s
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "dashboard: " in line:
+                break
+        out = "".join(lines)
+        url = re.search(r"dashboard: (\S+)", out)
+        assert url, out[-4000:]
+        with urllib.request.urlopen(url.group(1), timeout=10) as page:  # the printed URL works
+            assert page.status == 200 and "clusters serving" in page.read().decode()
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        errors.close()
+    out += rest
+    err = (tmp_path / "stderr").read_text()
+    assert proc.returncode == 0, out[-4000:] + err[-3000:]
     assert "seen from 3 vantages (mgmt, eu-prober, us-prober), quorum 2" in out
     # one vantage alone is below quorum: nothing moves
     assert "1 of 3 vantages sees ap-south failing, below quorum 2: nothing moved (weight 100)" in out

@@ -395,7 +395,7 @@ async def _started(daemon: Daemon, task: asyncio.Task[None]) -> None:
 
 async def _keep(w: World, say: Callable[..., None]) -> None:
     """Stay up until Ctrl-C (or SIGTERM) with the dashboard's address printed."""
-    say(f"dashboard: {w.api_url}/?token={w.tokens['viewer']}", "cyan", bold=True)
+    say(f"dashboard: {w.api_url}/?access_token={w.tokens['viewer']}", "cyan", bold=True)
     say(f"operator token (failover ctl --url {w.api_url} --token ...): {w.tokens['bob']}")
     say("the demo stays up; Ctrl-C to stop", "yellow")
     done = asyncio.Event()
