@@ -147,7 +147,10 @@ def _leafnodes(monitor_port: int) -> int:
 async def test_a_prober_publishes_through_its_leaf_node_as_the_values_permit(tmp_path: Path) -> None:
     values = _values()
     passwords = {
-        key: secrets.token_urlsafe(24) for key in ("sys", "failover", "viewer", "eu-prober", "us-prober")
+        # hex, as the README says: nats-server parses an environment reference's value as a config token,
+        # so a urlsafe token that starts with "-" or with digits and a "-" failed as a date (seen in CI)
+        key: secrets.token_hex(24)
+        for key in ("sys", "failover", "viewer", "eu-prober", "us-prober")
     }
     env_names = {
         name: ref["valueFrom"]["secretKeyRef"]["key"] for name, ref in values["container"]["env"].items()
