@@ -38,7 +38,7 @@ _EMOJI = {
     "error": ":x:",
     "critical": ":rotating_light:",
 }
-_TEMPORARY_CODES = {
+TEMPORARY_CODES = {  # Web API error codes that a retry may cure (chatops uses them too)
     "ratelimited",
     "rate_limited",
     "internal_error",
@@ -136,7 +136,7 @@ def _section(mrkdwn: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": _cut(mrkdwn, BLOCK_TEXT_LIMIT)}}
 
 
-def _code(answer: Any) -> str:
+def error_code(answer: Any) -> str:
     """Slack's error code, reduced to what a code can contain: a misbehaving server cannot make us
     print anything else (a token it echoed, say)."""
     raw = answer.get("error") if isinstance(answer, dict) else None
@@ -196,9 +196,9 @@ class SlackNotifier(Notifier):
         headers = {"Authorization": f"Bearer {cfg.bot_token.get_secret_value()}"}
         answer = await self._call(f"{cfg.api_url.rstrip('/')}/{method}", body, headers, method)
         if not isinstance(answer, dict) or answer.get("ok") is not True:
-            code = _code(answer)
+            code = error_code(answer)
             error = f"notifier {self.name}: Slack {method}: {code}"
-            if code in _TEMPORARY_CODES:
+            if code in TEMPORARY_CODES:
                 raise TemporaryError(error)
             raise SlackRefused(error, code)
         if method == "chat.postMessage" and not isinstance(answer.get("ts"), str):
@@ -213,12 +213,13 @@ class SlackNotifier(Notifier):
             self.session, url, body, headers, self._cfg.timeout_s, f"notifier {self.name}: Slack {what}"
         )
         if status == 429 or status >= 500:
-            code = f" ({_code(answer)})" if isinstance(answer, dict) else ""
+            code = f" ({error_code(answer)})" if isinstance(answer, dict) else ""
             raise TemporaryError(f"notifier {self.name}: Slack {what}: HTTP {status}{code}", delay_s=delay)
         if status >= 300:
             # the Web API answers JSON; incoming webhooks a bare code (`invalid_payload`, `no_service`)
             text = raw.decode(errors="replace").strip()
             plain = {"error": text} if re.fullmatch(r"[a-z_]{1,64}", text) else None
-            code = f": {_code(answer)}" if isinstance(answer, dict) else f": {_code(plain)}" if plain else ""
+            found = answer if isinstance(answer, dict) else plain
+            code = f": {error_code(found)}" if found is not None else ""
             raise PermanentError(f"notifier {self.name}: Slack {what}: HTTP {status}{code}")
         return answer

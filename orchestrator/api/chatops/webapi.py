@@ -15,7 +15,6 @@ rather than have Slack drop it silently. It follows only URLs under the configur
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import structlog
 from orchestrator.core.config_chatops import MattermostChatops, SlackChatops
 from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.notifiers.http import post_json as post_once
+from orchestrator.notifiers.slack import TEMPORARY_CODES, error_code
 
 log = structlog.get_logger(__name__)
 
@@ -36,19 +36,6 @@ RETRY_AFTER_MAX_S = 10.0
 """A longer `Retry-After` is not waited out here: the caller tries again later."""
 FOLLOW_UPS_MAX = 5
 FOLLOW_UP_WINDOW_S = 30 * 60.0
-_TEMPORARY_CODES = {
-    "ratelimited",
-    "rate_limited",
-    "internal_error",
-    "fatal_error",
-    "service_unavailable",
-    "request_timeout",
-}
-
-
-def _code(answer: Any) -> str:
-    raw = answer.get("error") if isinstance(answer, dict) else None
-    return raw if isinstance(raw, str) and re.fullmatch(r"[a-z0-9_]{1,64}", raw) else "unknown_error"
 
 
 async def post_json(
@@ -88,8 +75,8 @@ class SlackWebApi:
         headers = {"Authorization": f"Bearer {self.token}"}
         answer = await post_json(self.session, url, body, headers, self.timeout_s, f"Slack {method}")
         if not isinstance(answer, dict) or answer.get("ok") is not True:
-            code = _code(answer)
-            if code in _TEMPORARY_CODES:
+            code = error_code(answer)
+            if code in TEMPORARY_CODES:
                 raise TemporaryError(f"Slack {method}: {code}")
             raise PermanentError(f"Slack {method}: {code}")
         return answer
