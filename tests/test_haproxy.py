@@ -148,10 +148,13 @@ async def test_admin_api_replies(haproxy: HAProxyProcess) -> None:
     assert (state.weight, state.initial_weight, state.addr) == (75, 100, "127.0.0.1")
     assert state.port == haproxy.servers["srv-a"][1]
     assert state.running  # no health checks: a server counts as up
+    assert await admin.server_weights("web") == {name: s.weight for name, s in states.items()}
     with pytest.raises(PermanentError, match="No such server"):
         await admin.get_weight("web", "nope")
     with pytest.raises(PermanentError, match="backend"):
         await admin.servers_state("nope")
+    with pytest.raises(PermanentError, match="backend"):
+        await admin.server_weights("nope")
     with pytest.raises(PermanentError, match="invalid"):
         await admin.set_weight("web", "srv-a; shutdown frontend main", 0)
 

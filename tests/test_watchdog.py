@@ -115,12 +115,10 @@ async def test_a_replica_that_stops_leading_drops_its_gauges() -> None:
     looks (deploy/monitoring works around it by reading the leader's series only)."""
     import asyncio
 
-    from prometheus_client import generate_latest
-
     h = Harness({"a": "failed", "b": "healthy"}, {"a": 100, "b": 100})
     h.busy.add("a")
     await h.dog.check_once()
-    text = generate_latest(h.dog.metrics.registry).decode()
+    text = h.dog.metrics.render().decode()
     assert 'failover_failed_cluster_weighted{cluster="a"} 1.0' in text
     assert 'failover_balancer_readable{balancer="global"} 1.0' in text
     stop = asyncio.Event()
@@ -128,10 +126,10 @@ async def test_a_replica_that_stops_leading_drops_its_gauges() -> None:
     h.dog.kick()
     for _ in range(100):  # bounded: the pass runs at the next loop turns
         await asyncio.sleep(0.01)
-        if "failover_failed_cluster_weighted{" not in generate_latest(h.dog.metrics.registry).decode():
+        if "failover_failed_cluster_weighted{" not in h.dog.metrics.render().decode():
             break
     stop.set()
     await asyncio.wait_for(task, 5)
-    text = generate_latest(h.dog.metrics.registry).decode()
+    text = h.dog.metrics.render().decode()
     assert "failover_failed_cluster_weighted{" not in text and "failover_balancer_readable{" not in text
     assert h.dog.healthy() == {"balancers_readable": True, "failed_clusters_drained": True}

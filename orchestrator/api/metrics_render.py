@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-
-from prometheus_client import CollectorRegistry, generate_latest
+from collections.abc import Callable
 
 MAX_AGE_S = 1.0
 """How long a rendered body is served again: well under any sensible scrape interval."""
 
 
 class MetricsRenderer:
-    def __init__(self, registry: CollectorRegistry, max_age_s: float = MAX_AGE_S) -> None:
-        self.registry = registry
+    def __init__(self, render: Callable[[], bytes], max_age_s: float = MAX_AGE_S) -> None:
+        self.render = render
+        """`Metrics.render`: the registry and the per-cluster families (`core.metrics_fast`)."""
         self.max_age_s = max_age_s
         self._body: bytes | None = None
         self._rendered_at = float("-inf")
@@ -39,7 +39,7 @@ class MetricsRenderer:
 
     async def _render(self) -> bytes:
         try:
-            body = await asyncio.to_thread(generate_latest, self.registry)
+            body = await asyncio.to_thread(self.render)
             self.renders += 1
             self._body, self._rendered_at = body, time.monotonic()
             return body

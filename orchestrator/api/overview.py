@@ -143,23 +143,18 @@ def min_healthy(playbooks: Mapping[str, LoadedPlaybook]) -> int:
 
 def probe_view(metrics: Metrics, now: float) -> dict[str, list[dict[str, Any]]]:
     """cluster -> each probe's last result per vantage, from the gauges `/metrics` serves."""
-    made: dict[tuple[str, str, str], float] = {}
-    for family in metrics.probe_reported.collect():
-        for s in family.samples:
-            made[(s.labels["cluster"], s.labels["probe"], s.labels["vantage"])] = s.value
+    made = dict(metrics.probe_reported.values)  # (cluster, probe, vantage) -> made at
     out: dict[str, list[dict[str, Any]]] = {}
-    for family in metrics.probe_result.collect():
-        for s in family.samples:
-            key = (s.labels["cluster"], s.labels["probe"], s.labels["vantage"])
-            at = made.get(key)
-            out.setdefault(key[0], []).append(
-                {
-                    "probe": key[1],
-                    "vantage": key[2],
-                    "ok": s.value == 1,
-                    "age_s": None if at is None else max(0.0, now - at),
-                }
-            )
+    for key, value in list(metrics.probe_result.values.items()):
+        at = made.get(key)
+        out.setdefault(key[0], []).append(
+            {
+                "probe": key[1],
+                "vantage": key[2],
+                "ok": value == 1,
+                "age_s": None if at is None else max(0.0, now - at),
+            }
+        )
     for rows in out.values():
         rows.sort(key=lambda r: (r["probe"], r["vantage"]))
     return out

@@ -7,9 +7,17 @@ import platform
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from orchestrator import __version__
+from orchestrator.core.metrics_fast import LabelledGauge
 
 STATES = ("unknown", "healthy", "degraded", "failed")
 
@@ -50,8 +58,8 @@ class Metrics:
             ["subject_kind"],
             registry=r,
         )
-        self.cluster_state = Gauge(
-            "failover_cluster_state", "1 for the state each cluster is in", ["cluster", "state"], registry=r
+        self.cluster_state = LabelledGauge(
+            "failover_cluster_state", "1 for the state each cluster is in", ["cluster", "state"]
         )
         self.transitions = Counter(
             "failover_cluster_transitions", "Cluster state changes", ["cluster", "to"], registry=r
@@ -101,30 +109,27 @@ class Metrics:
             ["balancer"],
             registry=r,
         )
-        self.failed_cluster_weighted = Gauge(
+        self.failed_cluster_weighted = LabelledGauge(
             "failover_failed_cluster_weighted",
             "1 while a failed cluster still carries traffic in some balancer (page on it)",
             ["cluster"],
-            registry=r,
         )
-        self.balancer_drift = Gauge(
+        self.balancer_drift = LabelledGauge(
             "failover_balancer_drift",
             "1 while a balancer holds another weight than the one we hold for a cluster and it was not "
             "put back (DNS drift of a cluster that is not failed, a re-assertion that did not go "
             "through), 0 once it matches again; no series once nothing is held",
             ["balancer", "cluster"],
-            registry=r,
         )
         self.task_restarts = Counter(
             "failover_task_restarts", "Daemon tasks that died and were restarted", ["task"], registry=r
         )
         self.up = Gauge("failover_up", "1 while the daemon runs", registry=r)
-        self.readiness = Gauge(
+        self.readiness = LabelledGauge(
             "failover_readiness",
             "1 when the failover playbook would work now for this cluster's loss, 0 when a readiness check "
             "failed (DESIGN §17; set by the leader, cleared on followers)",
             ["playbook", "cluster"],
-            registry=r,
         )
         self.readiness_checked = Gauge(
             "failover_readiness_last_check_timestamp_seconds",
@@ -136,31 +141,49 @@ class Metrics:
             "failover_build_info", "1, labelled with the running build", ["version", "python"], registry=r
         )
         self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
-        self.balancer_weight = Gauge(
+        self.balancer_weight = LabelledGauge(
             "failover_balancer_weight",
             "Each cluster's current native weight in each balancer, as the actuator last read or wrote it",
             ["balancer", "cluster"],
-            registry=r,
         )
-        self.probe_result = Gauge(
+        self.probe_result = LabelledGauge(
             "failover_probe_result",
             "The last report of each probe of each cluster from each listed vantage: 1 passed, 0 failed",
             ["cluster", "probe", "vantage"],
-            registry=r,
         )
-        self.probe_reported = Gauge(
+        self.probe_reported = LabelledGauge(
             "failover_probe_last_report_timestamp_seconds",
             "When the last report of each probe of each cluster from each vantage was made (its `ts`)",
             ["cluster", "probe", "vantage"],
-            registry=r,
         )
         self.first_actions = FirstActions(self.detection_to_action)
         self._probe_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._weights_seen: dict[str, dict[str, int]] = {}
+        self.per_cluster = [
+            self.cluster_state,
+            self.balancer_weight,
+            self.balancer_drift,
+            self.failed_cluster_weighted,
+            self.readiness,
+            self.probe_result,
+            self.probe_reported,
+        ]
+        """The families with a series per cluster (`metrics_fast`): rendered by `render`, not by
+        prometheus_client."""
+
+    def render(self) -> bytes:
+        """The whole exposition (`/metrics`): the registry, then the per-cluster families."""
+        return generate_latest(self.registry) + "".join(f.render() for f in self.per_cluster).encode()
 
     def observe_weights(self, balancer: str, weights: Mapping[str, int]) -> None:
-        """A balancer's weights as just read or written (the `on_weights` of `BalancerActuator`)."""
+        """A balancer's weights as just read or written (the `on_weights` of `BalancerActuator`). Only
+        the weights that changed touch the gauge: a read of a 10,000-member balancer, once per drain,
+        cost 10,000 label lookups."""
+        seen = self._weights_seen.setdefault(balancer, {})
         for cluster, weight in weights.items():
-            self.balancer_weight.labels(balancer=balancer, cluster=cluster).set(weight)
+            if seen.get(cluster) != weight:
+                self.balancer_weight.labels(balancer=balancer, cluster=cluster).set(weight)
+                seen[cluster] = weight
 
     def observe_probe(self, cluster: str, probe: str, vantage: str, ok: bool, made_at: float) -> None:
         """One admitted health report (unknown vantages, clusters and probes never get this far, so the

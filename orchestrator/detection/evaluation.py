@@ -10,7 +10,7 @@ from __future__ import annotations
 from bisect import insort
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.detection.observer import guard_holds
+from orchestrator.detection.observer import guard_holds, set_onset
 from orchestrator.detection.outputs import Output, failure_marks
 from orchestrator.detection.recovery import mark_intermittent, maybe_recover, move
 from orchestrator.detection.schedule import due_clusters, schedule
@@ -111,9 +111,9 @@ def _decide(state: DetectorState, cluster: ClusterState, now: float, out: list[O
             healthy_vantages.append(vantage)
     if len(onsets) >= quorum:
         if cluster.onset is None:
-            cluster.onset = onsets[quorum - 1]
+            set_onset(state, cluster, onsets[quorum - 1])
     elif cluster.status != "failed":
-        cluster.onset = None
+        set_onset(state, cluster, None)
 
     evidence: dict[str, Any] = {"quorum": quorum, "fresh_vantages": sorted(fresh)}
     if state.suspects:

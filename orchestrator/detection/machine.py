@@ -53,6 +53,7 @@ from orchestrator.detection.evaluation import evaluate, evaluate_all, evaluate_d
 from orchestrator.detection.observer import (
     maybe_clear,
     note_contradictions,
+    recount_failing,
     suppressed_clusters,
     update_suspects,
 )
@@ -179,6 +180,14 @@ class DetectorState:
     """The number of vantages `majority` counted over at the last tick: a change re-evaluates all."""
     order: dict[str, int] = field(default_factory=dict)
     """cluster -> its position in `clusters`: a tick evaluates due clusters in that order."""
+    generation: int = 0
+    failing_count: int = 0
+    onsets: list[float] = field(default_factory=list)
+    """Every cluster's failure onset, sorted: how many started failing together is two bisections."""
+    """Clusters whose failure onset is after `accepted_before`: what the observer guard counts, kept
+    exact at every onset change (`observer.set_onset`) so a frozen guard does not scan the fleet on
+    every report to see whether it may clear."""
+    """Bumped whenever a cluster's status changes: what a view of every status is cached on."""
 
     @classmethod
     def from_config(cls, config: Config) -> DetectorState:
@@ -230,6 +239,7 @@ def transition(
         if state.frozen:
             state.frozen = False
             state.accepted_before = now
+            recount_failing(state)
             out.append(
                 Signal(
                     "automation.resumed",

@@ -7,6 +7,7 @@ and `cluster.failed` is held back until the picture clears or a human resumes.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right, insort
 from typing import TYPE_CHECKING
 
 from orchestrator.detection.outputs import Output, Signal
@@ -111,33 +112,55 @@ def guard_holds(state: DetectorState, cluster: ClusterState, now: float, out: li
     onset = cluster.onset if cluster.onset is not None else now
     if onset <= state.accepted_before:
         return False
+    if state.frozen:
+        cluster.suppressed = True
+        return True
     window = 2 * s.interval_s
+    total = len(state.clusters)
+    # how many onsets lie within the window of this one: O(log n), not a scan per failing cluster
+    near = bisect_right(state.onsets, onset + window) - bisect_left(state.onsets, onset - window)
+    if near <= s.max_failed_fraction * total:
+        return False
     together = sorted(
         c.name for c in state.clusters.values() if c.onset is not None and abs(c.onset - onset) <= window
     )
-    total = len(state.clusters)
-    too_many = len(together) > s.max_failed_fraction * total
-    if not (state.frozen or too_many):
-        return False
-    if not cluster.suppressed:
-        cluster.suppressed = True
-    if not state.frozen:
-        state.frozen = True
-        out.append(
-            Signal(
-                "observer.suspect",
-                f"{len(together)} of {total} clusters started failing within {window:g}s of each "
-                f"other (limit {s.max_failed_fraction:.0%}): suspecting the observer, automation "
-                "frozen until the picture clears or a human resumes",
-                {
-                    "clusters": together,
-                    "fraction": round(len(together) / total, 3),
-                    "max_failed_fraction": s.max_failed_fraction,
-                },
-                now,
-            )
+    cluster.suppressed = True
+    state.frozen = True
+    out.append(
+        Signal(
+            "observer.suspect",
+            f"{len(together)} of {total} clusters started failing within {window:g}s of each "
+            f"other (limit {s.max_failed_fraction:.0%}): suspecting the observer, automation "
+            "frozen until the picture clears or a human resumes",
+            {
+                "clusters": together,
+                "fraction": round(len(together) / total, 3),
+                "max_failed_fraction": s.max_failed_fraction,
+            },
+            now,
         )
+    )
     return True
+
+
+def _counts(state: DetectorState, onset: float | None) -> bool:
+    return onset is not None and onset > state.accepted_before
+
+
+def set_onset(state: DetectorState, cluster: ClusterState, onset: float | None) -> None:
+    """Every change of a cluster's failure onset goes through here: it keeps `failing_count`."""
+    state.failing_count += _counts(state, onset) - _counts(state, cluster.onset)
+    if cluster.onset is not None:
+        del state.onsets[bisect_left(state.onsets, cluster.onset)]
+    if onset is not None:
+        insort(state.onsets, onset)
+    cluster.onset = onset
+
+
+def recount_failing(state: DetectorState) -> None:
+    """After `accepted_before` moved (a resume, a restore): count again, once."""
+    state.failing_count = sum(_counts(state, c.onset) for c in state.clusters.values())
+    state.onsets = sorted(c.onset for c in state.clusters.values() if c.onset is not None)
 
 
 def maybe_clear(state: DetectorState, now: float, out: list[Output]) -> bool:
@@ -145,11 +168,9 @@ def maybe_clear(state: DetectorState, now: float, out: list[Output]) -> bool:
 
     True when it unfroze: the caller (`transition`) then evaluates every cluster again; that call is not
     made here so that the guard does not import the evaluation, which imports the guard."""
-    failing = [
-        c.name for c in state.clusters.values() if c.onset is not None and c.onset > state.accepted_before
-    ]
-    if len(failing) > state.settings.max_failed_fraction * len(state.clusters):
-        return False
+    if state.failing_count > state.settings.max_failed_fraction * len(state.clusters):
+        return False  # checked per report while frozen: O(1), the list is built only to clear
+    failing = [c.name for c in state.clusters.values() if _counts(state, c.onset)]
     state.frozen = False
     state.cleared_at = now
     suppressed = suppressed_clusters(state)

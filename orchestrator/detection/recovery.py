@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.models import ClusterStatus
+from orchestrator.detection.observer import set_onset
 from orchestrator.detection.outputs import Output, Signal, Transition
 
 if TYPE_CHECKING:
@@ -87,12 +88,13 @@ def move(
     s = state.settings
     from_ = cluster.status
     cluster.status = to
+    state.generation += 1
     cluster.since = now
     if to != "unknown":
         cluster.last_known = to
     if to == "healthy":
         cluster.healthy_since = None
-        cluster.onset = None
+        set_onset(state, cluster, None)
     kind = ("cluster.recovered" if recovered else None) if to == "healthy" else f"cluster.{to}"
     out.append(Transition(cluster.name, from_, to, kind, reason, evidence, now))
     if kind is None:

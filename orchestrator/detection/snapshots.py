@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.detection.observer import suppressed_clusters
+from orchestrator.detection.observer import recount_failing, suppressed_clusters
 
 if TYPE_CHECKING:
     from orchestrator.detection.machine import DetectorState
@@ -43,6 +43,7 @@ def restore(state: DetectorState, clusters: dict[str, dict[str, Any]], guard: di
         if c is None:
             continue  # a cluster removed from the config
         c.status = data.get("status", "unknown")
+        state.generation += 1
         c.since = float(data.get("since", 0.0))
         c.last_known = data.get("last_known", c.status)
         c.flapping = bool(data.get("flapping", False))
@@ -53,3 +54,4 @@ def restore(state: DetectorState, clusters: dict[str, dict[str, Any]], guard: di
         state.frozen = bool(guard.get("frozen", False))
         accepted = guard.get("accepted_before")
         state.accepted_before = float(accepted) if accepted is not None else float("-inf")
+    recount_failing(state)

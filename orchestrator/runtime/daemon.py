@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -32,6 +33,7 @@ from orchestrator.core.metrics import Metrics
 from orchestrator.core.models import RunEvent, SystemEvent
 from orchestrator.detection.machine import DetectorState
 from orchestrator.detection.service import DetectionService
+from orchestrator.detection.views import FleetView, StatusView
 from orchestrator.kube.client import KubeClients
 from orchestrator.notifiers import build_notifier
 from orchestrator.playbooks.actions import Services
@@ -134,19 +136,12 @@ class Daemon:
             state = DetectorState.from_config(config)
             nominal = {c.name: c.weight for c in config.clusters}
 
-            def states() -> dict[str, str]:
-                return {name: c.status for name, c in state.clusters.items()}
+            live = StatusView(state)  # O(1) per question, no copy of the fleet
 
-            def cluster_view() -> list[dict[str, Any]]:
-                return [
-                    {
-                        "name": c.name,
-                        "state": state.clusters[c.name].status,
-                        "labels": dict(c.labels),
-                        "weight": c.weight,
-                    }
-                    for c in config.clusters
-                ]
+            def states() -> Mapping[str, str]:
+                return live
+
+            cluster_view = FleetView(config, state)
 
             self.balancers = balancers = {
                 lb.name: BalancerActuator(

@@ -44,7 +44,7 @@ class DrainWatchdog:
     def __init__(
         self,
         balancers: Mapping[str, BalancerActuator],
-        states: Callable[[], dict[str, str]],
+        states: Callable[[], Mapping[str, str]],
         busy: Callable[[str], bool],
         paused: Callable[[str], Awaitable[bool]],
         held: Callable[[], Awaitable[set[tuple[str, str]]]],
