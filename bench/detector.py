@@ -132,7 +132,8 @@ def write_config(work: Path, nats_url: str, clusters: int, api_port: int) -> Pat
         f"state_dir: {work / 'state'}",
         f"api: {{listen: 127.0.0.1:{api_port}}}",
         "probing: {interval: 1s, timeout: 800ms}",
-        "detection: {failure_threshold: 3, success_threshold: 3, quorum: majority, stale_after: 5s, "
+        # stale_after far above the burst's length: a slow run must not drop the finish signal as stale
+        "detection: {failure_threshold: 3, success_threshold: 3, quorum: majority, stale_after: 60s, "
         "recovery_hold: 5s, vantages: [v1, v2, v3]}",
         f"playbooks: {{paths: ['{work / 'playbooks'}']}}",
         "clusters:",

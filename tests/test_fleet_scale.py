@@ -20,6 +20,7 @@ from orchestrator.actuators.registry import build_balancer
 from orchestrator.bus.state import MemoryStateStore
 from orchestrator.core.config import load_config
 from orchestrator.core.config_drivers import LoadBalancerConfig
+from orchestrator.core.errors import PermanentError, TemporaryError
 from orchestrator.core.metrics import Metrics
 from orchestrator.core.metrics_fast import LabelledGauge
 from orchestrator.detection.machine import DetectorState, Tick, transition
@@ -29,6 +30,7 @@ from orchestrator.kube.client import KubeClients
 from orchestrator.playbooks.loader import load_playbooks
 from orchestrator.runtime.readiness import ReadinessChecker
 from orchestrator.sandbox.haproxy import HAProxyProcess
+from tests.helpers import AdminCounter
 
 pytestmark = pytest.mark.timeout(120)
 PROBE = "{name: p, tcp: {host: 127.0.0.1, port: 9}}"
@@ -192,12 +194,12 @@ def test_balancer_weight_gauges_follow_every_change_without_touching_the_unchang
     assert 'failover_balancer_weight{balancer="edge",cluster="a"} 5.0' in text
 
 
-def _haproxy_config(clusters: list[str]) -> LoadBalancerConfig:
+def _haproxy_config(clusters: list[str], admin: list[str] | None = None) -> LoadBalancerConfig:
     return LoadBalancerConfig.model_validate(
         {
             "name": "global",
             "driver": "haproxy",
-            "haproxy": {"admin": ["tcp://127.0.0.1:9"], "backend": "web"},
+            "haproxy": {"admin": admin or ["tcp://127.0.0.1:9"], "backend": "web"},
             "members": {c: c for c in clusters},
         }
     )
@@ -262,3 +264,37 @@ def test_per_cluster_series_are_removed_and_cleared_and_render_while_being_set()
         worker.join()
     gauge.clear()
     assert gauge.render() == "# HELP failover_test t\n# TYPE failover_test gauge\n"
+
+
+async def test_a_drain_notes_its_before_weight_from_one_server_not_the_whole_backend(
+    tmp_path: Path, haproxy_binary: str
+) -> None:
+    """Each drain journals the weight it replaces (`before`) and then reads the backend under its lock
+    for the guard: the `before` read was a second `show servers state` of every server."""
+    clusters = names(50)
+    haproxy = HAProxyProcess(tmp_path / "h", {c: ("127.0.0.1", 9) for c in clusters}, binary=haproxy_binary)
+    await haproxy.start()
+    counters = [AdminCounter(haproxy.admin_port), AdminCounter(haproxy.admin_port)]
+    for counter in counters:
+        await counter.start()
+    try:
+        config = _haproxy_config(clusters, [c.url for c in counters])
+        store = MemoryStateStore()
+        states = dict.fromkeys(clusters, "healthy")
+        actuator = BalancerActuator(build_balancer(config), {}, lambda: states, store)
+        assert await actuator.weight_of("c0007") == 100
+        assert [c.commands for c in counters] == [["get weight web/c0007"]] * 2
+        await haproxy.admin().set_weight("web", "c0007", 40)  # both addresses are one HAProxy here
+        assert await actuator.weight_of("c0007") == 40
+        with pytest.raises(PermanentError, match="no member for nope"):
+            await actuator.weight_of("nope")
+        await counters[1].stop()  # one instance unreachable: the other still answers
+        assert await actuator.weight_of("c0007") == 40
+        await counters[0].stop()
+        with pytest.raises(TemporaryError):
+            await actuator.weight_of("c0007")
+        await actuator.balancer.close()
+    finally:
+        for counter in counters:
+            await counter.stop()
+        await haproxy.stop()

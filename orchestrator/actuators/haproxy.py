@@ -261,6 +261,20 @@ class HAProxyBalancer(Balancer):
             weights[cluster] = found
         return weights
 
+    async def get_member_weights(self, cluster: str) -> dict[str, int | OrchestratorError]:
+        server = self.members.get(cluster)
+        if server is None:
+            return {}
+        results = await asyncio.gather(
+            *(i.get_weight(self.backend, server) for i in self.instances), return_exceptions=True
+        )
+        out: dict[str, int | OrchestratorError] = {}
+        for instance, result in zip(self.instances, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, OrchestratorError):
+                raise result
+            out[instance.address] = result
+        return out
+
     async def get_instance_weights(self) -> InstanceWeights:
         """instance address -> {cluster: weight}, or the error of an instance that could not be read:
         for status pages, drift detection, and reads that one instance down must not stop."""

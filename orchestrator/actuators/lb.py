@@ -349,6 +349,19 @@ class BalancerActuator:
         await self.store.forget_original_lb(self.name, cluster)
         await self.store.delete(self._desired_key(cluster))
 
+    async def weight_of(self, cluster: str) -> int:
+        """One cluster's weight, resolved across instances as `read` does, reading only that member
+        where the driver can (a step's `before`: the whole backend of 10,000 servers was read for it)."""
+        by_instance = await self.balancer.get_member_weights(cluster)
+        values = {w for w in by_instance.values() if not isinstance(w, OrchestratorError)}
+        if not values:
+            errors = [e for e in by_instance.values() if isinstance(e, OrchestratorError)]
+            if errors:
+                raise combined_error(errors)
+            raise PermanentError(f"balancer {self.name} has no member for {cluster}")
+        held = await self._held(cluster) if len(values) > 1 else None
+        return held if held is not None and held in values else max(values)
+
     async def get_weights(self) -> dict[str, int]:
         """One weight per cluster, resolved across instances as `read` says; raises only when no
         instance answers."""

@@ -157,7 +157,7 @@ class Metrics:
             ["cluster", "probe", "vantage"],
         )
         self.first_actions = FirstActions(self.detection_to_action)
-        self._probe_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._probe_series: set[tuple[str, str, str]] = set()
         self._weights_seen: dict[str, dict[str, int]] = {}
         self.per_cluster = [
             self.cluster_state,
@@ -189,14 +189,12 @@ class Metrics:
         """One admitted health report (unknown vantages, clusters and probes never get this far, so the
         series are bounded by the config)."""
         key = (cluster, probe, vantage)
-        children = self._probe_children.get(key)
-        if children is None:  # two label lookups per report were a tenth of ingest: once per series
-            children = self._probe_children[key] = (
-                self.probe_result.labels(cluster=cluster, probe=probe, vantage=vantage),
-                self.probe_reported.labels(cluster=cluster, probe=probe, vantage=vantage),
-            )
-        children[0].set(1 if ok else 0)
-        children[1].set(made_at)
+        if key not in self._probe_series:  # the label text once per series, then plain dict stores
+            self.probe_result.labels(*key)
+            self.probe_reported.labels(*key)
+            self._probe_series.add(key)
+        self.probe_result.values[key] = 1.0 if ok else 0.0
+        self.probe_reported.values[key] = made_at
 
     def set_cluster_state(self, cluster: str, state: str) -> None:
         for s in STATES:

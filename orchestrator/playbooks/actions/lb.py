@@ -64,7 +64,7 @@ class LbDrain(Action):
     refs = {"balancer": "balancer", "cluster": "cluster"}
 
     async def before(self, ctx: StepContext, params: DrainParams) -> Any:
-        return (await ctx.balancer(params.balancer).get_weights())[params.cluster]
+        return await ctx.balancer(params.balancer).weight_of(params.cluster)
 
     async def run(self, ctx: StepContext, params: DrainParams) -> dict[str, Any]:
         change = await ctx.balancer(params.balancer).drain(
@@ -131,7 +131,7 @@ class LbRestore(Action):
         return 60.0 + params.interval_s * (len(params.ramp) - 1)
 
     async def before(self, ctx: StepContext, params: RestoreParams) -> Any:
-        return (await ctx.balancer(params.balancer).get_weights())[params.cluster]
+        return await ctx.balancer(params.balancer).weight_of(params.cluster)
 
     async def run(self, ctx: StepContext, params: RestoreParams) -> dict[str, Any]:
         actuator = ctx.balancer(params.balancer)
