@@ -120,16 +120,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def exported_metric_names() -> set[str]:
-    """Every series name the daemon's /metrics can expose (orchestrator/core/metrics.py): a counter's
-    `_total`, a histogram's `_bucket`, `_sum` and `_count`, a gauge's own name."""
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def exported_metric_labels() -> dict[str, set[str]]:
+    """Series name -> its label names, as the daemon exports it (a histogram's buckets add `le`)."""
     from orchestrator.core.metrics import Metrics
 
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    names: set[str] = set()
-    for family in Metrics().registry.collect():
-        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
-    return names
+    out: dict[str, set[str]] = {}
+    for name, (kind, labels) in Metrics().families().items():
+        for suffix in SUFFIXES.get(kind, ("",)):
+            out[name + suffix] = set(labels) | ({"le"} if suffix == "_bucket" else set())
+    return out
 
 
 PROMQL_METRIC = re.compile(r"\bfailover_[a-z0-9_]+\b")

@@ -19,14 +19,13 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from prometheus_client.metrics import MetricWrapperBase
 
 from tests.deploy_render import (
     DEPLOY,
     PROMQL_METRIC,
     Doc,
     crd_schema,
-    exported_metric_names,
+    exported_metric_labels,
     one,
     promtool,
     render,
@@ -122,17 +121,7 @@ def test_the_unit_tests_notice_an_alert_that_always_or_never_fires(
 
 def _metric_labels() -> dict[str, set[str]]:
     """Series name -> its label names, as the daemon exports it."""
-    from orchestrator.core.metrics import Metrics
-
-    metrics = Metrics()
-    out: dict[str, set[str]] = {}
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            labels = set(value._labelnames)
-            for name in exported_metric_names():
-                if name == value._name or name.startswith(value._name + "_"):
-                    out[name] = labels | ({"le"} if name.endswith("_bucket") else set())
-    return out
+    return exported_metric_labels()
 
 
 def check_expr_metrics(expr: str) -> list[str]:

@@ -83,7 +83,9 @@ class Admission:
         self._skew_logged: set[str] = set()
         """Listed vantages whose clock was reported off: once each (the list bounds this set)."""
 
-    def admit(self, report: HealthReport, received_at: float, count: bool = True) -> HealthReport | None:
+    def admit(
+        self, report: HealthReport, received_at: float, count: bool = True, made_at: float | None = None
+    ) -> HealthReport | None:
         """The report as the detector should see it, or None (counted when `count`) when it does not count.
 
         `received_at` is the wall time the report reached the bus (its receipt, or its stream time in a
@@ -103,7 +105,7 @@ class Admission:
             if count:
                 self._drop_target(report, "unknown_cluster" if probes is None else "unknown_probe")
             return None
-        age_s = received_at - report.ts.timestamp()
+        age_s = received_at - (report.ts.timestamp() if made_at is None else made_at)
         limit = self.state.settings.stale_after_s
         if abs(age_s) > limit:
             if count:

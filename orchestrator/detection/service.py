@@ -78,8 +78,7 @@ class DetectionService:
         self._outputs: asyncio.Queue[Output] = asyncio.Queue()
         """Outputs in the order the detector made them, drained by one publisher task: the hot path
         (report -> transition) never awaits, and events still leave in order."""
-        self._ok_reports = metrics.reports.labels(result="ok")  # label lookups cost more than the count
-        self._failed_reports = metrics.reports.labels(result="fail")
+        self._counts = metrics.reports
         for name in state.clusters:
             metrics.set_cluster_state(name, "unknown")
 
@@ -174,11 +173,15 @@ class DetectionService:
         report = self._parse(subject, data)
         if report is None:
             return
-        admitted = self.admission.admit(report, time.time())  # against the prober's clock
+        made_at = report.ts.timestamp()
+        admitted = self.admission.admit(report, time.time(), made_at=made_at)  # the prober's clock
         if admitted is not None:
-            (self._ok_reports if admitted.ok else self._failed_reports).inc()
+            if admitted.ok:
+                self._counts.ok += 1
+            else:
+                self._counts.fail += 1
             self.metrics.observe_probe(
-                admitted.cluster, admitted.probe, admitted.vantage, admitted.ok, admitted.ts.timestamp()
+                admitted.cluster, admitted.probe, admitted.vantage, admitted.ok, made_at
             )
             self._apply(admitted, self.clock())
 
