@@ -204,7 +204,11 @@ def fleet_view(plan: dict[str, Any], clusters_now: list[dict[str, Any]]) -> list
     if "clusters" in plan:
         return list(plan["clusters"])
     states = plan.get("fleet_states") or {}
-    return [{**c, "state": states.get(c["name"], "healthy")} for c in clusters_now]
+    out = []
+    for c in clusters_now:  # an entry already in the state the snapshot says is shared, not copied
+        want = states.get(c["name"], "healthy")
+        out.append(c if c.get("state") == want else {**c, "state": want})
+    return out
 
 
 def _truthy(value: Any) -> bool:
