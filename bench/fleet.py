@@ -153,7 +153,9 @@ class AdminTap:
             writer.close()
 
 
-def write_config(work: Path, nats_url: str, n: int, api_port: int, admin_url: str, drain: bool) -> Path:
+def write_config(
+    work: Path, nats_url: str, n: int, api_port: int, admin_url: str, drain: bool, ingest: str = "loop"
+) -> Path:
     (work / "playbooks").mkdir(exist_ok=True)
     if drain:
         (work / "playbooks" / "drain.yaml").write_text(PLAYBOOK)
@@ -165,7 +167,7 @@ def write_config(work: Path, nats_url: str, n: int, api_port: int, admin_url: st
         f"leadership: {{lease_ttl: 10s, renew_interval: {RENEW_S:g}s}}",
         "probing: {interval: 1s}",
         "detection: {failure_threshold: 3, success_threshold: 3, quorum: majority, stale_after: 5s, "
-        "recovery_hold: 30s, vantages: [v1, v2, v3]}",
+        f"recovery_hold: 30s, vantages: [v1, v2, v3], ingest: {ingest}}}",
         f"playbooks: {{paths: ['{work / 'playbooks'}']}}",
         "load_balancers:",
         f"  - name: global\n    driver: haproxy\n    haproxy: {{admin: ['{admin_url}'], backend: web}}",
@@ -225,7 +227,9 @@ async def watch_lease(nc: Any, stop: asyncio.Event, gaps: list[float]) -> None:
     await watcher.stop()
 
 
-async def one_run(n: int, mode: str, seconds: int, warmup: int, rate: float, drain: bool) -> dict[str, Any]:
+async def one_run(
+    n: int, mode: str, seconds: int, warmup: int, rate: float, drain: bool, ingest: str = "loop"
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"bench-fleet-{n}-"))
     server = EmbeddedNats(work / "nats")
     await server.start()
@@ -234,7 +238,7 @@ async def one_run(n: int, mode: str, seconds: int, warmup: int, rate: float, dra
     tap = AdminTap(haproxy.admin_port)
     await tap.start()
     api_port = free_port()
-    config = write_config(work, server.url, n, api_port, f"tcp://127.0.0.1:{tap.port}", drain)
+    config = write_config(work, server.url, n, api_port, f"tcp://127.0.0.1:{tap.port}", drain, ingest)
     profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
     (work / "daemon.py").write_text(DAEMON)
     daemon = subprocess.Popen(
@@ -303,13 +307,18 @@ async def one_run(n: int, mode: str, seconds: int, warmup: int, rate: float, dra
         await asyncio.sleep(max(0.0, start + warmup - time.time()))
         api_ms.clear()
         gaps.clear()
+        children = [
+            int(p) for p in Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split()
+        ]
         cpu0, _ = proc_stats(daemon.pid)
+        child0 = sum(proc_stats(c)[0] for c in children)
         t0 = time.monotonic()
         rss_peak = 0.0
         while any(g.poll() is None for g in generators):
             rss_peak = max(rss_peak, proc_stats(daemon.pid)[1])
             await asyncio.sleep(0.5)
         cpu1, _ = proc_stats(daemon.pid)
+        child1 = sum(proc_stats(c)[0] for c in children)
         elapsed = time.monotonic() - t0
         await asyncio.sleep(2)  # the last drains
         stop.set()
@@ -333,6 +342,7 @@ async def one_run(n: int, mode: str, seconds: int, warmup: int, rate: float, dra
             "p50": statistics.median(latencies) if latencies else float("nan"),
             "p99": percentile(latencies, 99),
             "cpu": 100 * (cpu1 - cpu0) / elapsed,
+            "child_cpu": 100 * (child1 - child0) / elapsed,
             "rss": rss_peak,
             "api_p99": percentile(api_ms, 99),
             "api_n": len(api_ms),
@@ -363,12 +373,15 @@ async def main(args: argparse.Namespace) -> None:
     for n in [int(x) for x in args.sizes.split(",")]:
         for mode in args.modes.split(","):
             for i in range(args.repeat):
-                r = await one_run(n, mode, args.seconds, args.warmup, args.failure_rate, not args.detect_only)
+                r = await one_run(
+                    n, mode, args.seconds, args.warmup, args.failure_rate, not args.detect_only, args.ingest
+                )
                 print(
                     f"  {n:>6,} {mode:<11} run {i + 1}: report->weight 0 p50 {r['p50']:.1f} / "
                     f"p99 {r['p99']:.1f} ms ({r['drained']}/{r['victims']} drained; "
                     f"-> cluster.failed p50 {r['detect_p50']:.1f} / "
-                    f"p99 {r['detect_p99']:.1f} ms);  daemon CPU {r['cpu']:.0f}%  RSS {r['rss']:.0f} MB;"
+                    f"p99 {r['detect_p99']:.1f} ms);  daemon CPU {r['cpu']:.0f}% (+ ingest process "
+                    f"{r['child_cpu']:.0f}%)  RSS {r['rss']:.0f} MB;"
                     f"  API p99 {r['api_p99']:.1f} ms (n={r['api_n']}, /metrics {r['scrape']:.0f} ms);  "
                     f"lease renewal delay p99 {r['lease_p99']:.0f} ms",
                     flush=True,
@@ -385,6 +398,9 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--failure-rate", type=float, default=4.0, help="victims starting per second")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--ingest", choices=("loop", "process"), default="loop", help="detection.ingest of the daemon"
+    )
     parser.add_argument(
         "--detect-only",
         action="store_true",

@@ -298,3 +298,18 @@ async def test_a_drain_notes_its_before_weight_from_one_server_not_the_whole_bac
         for counter in counters:
             await counter.stop()
         await haproxy.stop()
+
+
+def test_a_fleet_view_handed_out_stays_as_it_was_and_unchanged_entries_are_shared(tmp_path: Path) -> None:
+    (tmp_path / "failover.yaml").write_text(
+        "clusters:\n" + "".join(f"  - {{name: {c}, probes: [{PROBE}]}}\n" for c in "abc")
+    )
+    config = load_config(tmp_path / "failover.yaml", env={})
+    state = DetectorState.from_config(config)
+    fleet = FleetView(config, state)
+    before = fleet()
+    restore(state, {"b": {"status": "failed"}}, None)
+    after = fleet()
+    assert [c["state"] for c in before] == ["unknown", "unknown", "unknown"]  # a run's snapshot holds
+    assert [c["state"] for c in after] == ["unknown", "failed", "unknown"]
+    assert after[0] is before[0] and after[2] is before[2] and after[1] is not before[1]

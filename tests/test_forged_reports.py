@@ -172,6 +172,7 @@ async def detector(
         on_event,
         tick_interval_s=0.05,
         own_vantage=config.daemon_vantage,
+        ingest_process=config.detection.ingest == "process",
     )
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))

@@ -110,6 +110,8 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.embedded = embedded
         self._kv: Buckets | None = None
+        self.url: str | None = None
+        self.nats_config: NatsConfig | None = None
         self.on_bad_record: Callable[[str, str, str], Awaitable[None]] | None = None
         """Told of every KV value that failed its schema and was quarantined (bucket, key, reason)."""
 
@@ -137,7 +139,9 @@ class Bus:
             if embedded:
                 await embedded.stop()
             raise
-        return cls(nc, embedded, closing, reconnected, replicas=cfg.replicas, max_bytes=cfg.max_bytes)
+        bus = cls(nc, embedded, closing, reconnected, replicas=cfg.replicas, max_bytes=cfg.max_bytes)
+        bus.url, bus.nats_config = url, cfg  # how to connect again (`detection.ingest: process`)
+        return bus
 
     @property
     def kv(self) -> Buckets:

@@ -108,6 +108,11 @@ class DetectionConfig(Model):
     and dropped. Default: the daemon's own vantage only. At most 100: while a cluster starts failing,
     each report is weighed against every vantage's view of it (bench/vantages.py: ~0.1 ms a report at
     100 vantages, ~1.7 ms at 1,000, on the event loop)."""
+    ingest: Literal["loop", "process"] = "loop"
+    """Where health reports are received and validated: `loop`, the daemon's event loop; `process`, a
+    child process with its own NATS connection handing the daemon validated batches (the detector
+    stays in the daemon). `process` frees ~10 µs a report on the daemon's loop: for fleets of several
+    thousand clusters (README, Sizing)."""
     daemon_vantage: Vantage | None = None
     """The name the management cluster's own probing (the in-process prober of whichever replica
     leads) reports and counts under. Default: `probing.vantage`. Set it when replicas have per-pod

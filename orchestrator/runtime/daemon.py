@@ -216,6 +216,7 @@ class Daemon:
                 is_leader=lambda: leadership.is_leader,
                 own_vantage=config.daemon_vantage,
                 daemon_vantages=lambda: leadership.daemon_vantages,
+                ingest_process=config.detection.ingest == "process",
             )
             self.commands = Commands(
                 config,
