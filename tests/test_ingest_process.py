@@ -6,6 +6,7 @@ SIGKILL is replaced while detection goes on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -92,3 +93,33 @@ def test_a_record_from_the_child_is_the_report_it_validated(
     assert abs((built.ts - r.ts).total_seconds()) < 2e-6
     assert built.model_dump(exclude={"ts"}) == r.model_dump(exclude={"ts"})
     assert built.model_fields_set == r.model_fields_set and built.ts.tzinfo is not None
+
+
+async def test_the_ingest_process_reconnects_after_nats_is_killed_and_restarted(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """nats-server SIGKILLed and started again on the same port: the child's connection reconnects by
+    itself (no restart of the child), and a failure reported afterwards is detected."""
+    async with detector(nats_server, tmp_path, detection=PROCESS) as env:
+        ingest = env.service.ingest
+        assert ingest is not None
+        await healthy(env, ("v1", "v2", "v3"))
+        await nats_server.kill()
+        await asyncio.sleep(1)
+        await nats_server.start()
+        await wait_for(lambda: env.bus.connected and env.service.bus.connected, 20, "both buses back")
+
+        async def reported() -> bool:  # the child resubscribed: a report gets through again
+            await env.send("v1", "b", True)
+            await env.bus.flush()
+            await asyncio.sleep(0.1)
+            return env.service.metrics.reports.ok > before
+
+        before = env.service.metrics.reports.ok
+        await wait_for(reported, 20, "reports through the ingest process again")
+        env.published = env.handled()  # what was sent before the child resubscribed is not owed
+        for _ in range(3):
+            await env.round(("v1", "v2", "v3"), failing={"v2": {"c"}, "v3": {"c"}})
+        await env.service.settled()
+        assert env.view()["c"] == "failed", env.view()
+        assert ingest.starts == 1, "the same child, reconnected"
