@@ -40,6 +40,7 @@ BATCH_MAX = 1000
 BATCH_WAIT_S = 0.005
 """How long the child gathers reports before sending what it has: the latency this path adds."""
 RESTART_DELAY_S = 0.5
+RESTART_MAX_S = 10.0
 
 # a record: ("r", received_at, cluster, probe, vantage, boot_id, seq, ok, latency_ms, detail, ts)
 #        or ("m", subject, reason) for a message that did not validate
@@ -139,7 +140,10 @@ class IngestProcess:
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Keep a child running until `stop`."""
+        """Keep a child running until `stop`. A child that dies before it subscribed (NATS away) is
+        retried with a growing delay, up to RESTART_MAX_S; one that ran is replaced after
+        RESTART_DELAY_S."""
+        delay = RESTART_DELAY_S
         while not stop.is_set():
             reading = asyncio.ensure_future(self._run_once())
             stopped = asyncio.ensure_future(stop.wait())
@@ -147,16 +151,19 @@ class IngestProcess:
             stopped.cancel()
             if not reading.done():
                 reading.cancel()
-            await asyncio.gather(reading, return_exceptions=True)
+            [outcome] = await asyncio.gather(reading, return_exceptions=True)
+            was_ready = self.ready.is_set()
             self.ready.clear()
             await self._end()
             if stop.is_set():
                 break
             self.on_state(False)
+            delay = RESTART_DELAY_S if was_ready else min(delay * 2, RESTART_MAX_S)
             code = self.process.returncode if self.process is not None else None
-            log.error("ingest.child_died", exitcode=code, restart_in_s=RESTART_DELAY_S)
+            error = None if outcome is None or isinstance(outcome, asyncio.CancelledError) else repr(outcome)
+            log.error("ingest.child_died", exitcode=code, error=error, restart_in_s=delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), RESTART_DELAY_S)
+                await asyncio.wait_for(stop.wait(), delay)
 
     async def _run_once(self) -> None:
         self.process = process = await asyncio.create_subprocess_exec(
