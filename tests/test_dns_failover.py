@@ -154,12 +154,7 @@ async def drift_of_a_failed_cluster_is_drained_again(
         return "198.51.100.10" not in await server.addresses()
 
     await wait_for(gone_again, 5, "us-east's address removed again")
-    assert (
-        daemon.metrics.registry.get_sample_value(
-            "failover_balancer_drift", {"balancer": "dns", "cluster": "us-east"}
-        )
-        == 0
-    )
+    assert daemon.metrics.balancer_drift.get("dns", "us-east") == 0
 
 
 async def test_bind_acceptance(nats_server: EmbeddedNats, tmp_path: Path) -> None:

@@ -118,9 +118,7 @@ def actuator(balancer: Rfc2136Balancer, states: dict[str, str]) -> BalancerActua
 
 
 def drift_gauge(metrics: Metrics, cluster: str) -> float | None:
-    return metrics.registry.get_sample_value(
-        "failover_balancer_drift", {"balancer": "dns", "cluster": cluster}
-    )
+    return metrics.balancer_drift.get("dns", cluster)  # a per-cluster family (core/metrics_fast)
 
 
 async def test_a_failed_cluster_put_back_by_hand_is_drained_again(bind: BindServer) -> None:
