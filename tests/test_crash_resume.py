@@ -74,6 +74,12 @@ async def test_sigkill_during_a_slow_step_then_restart_finishes_the_run_once(
 
             await wait_for(sleeping, 15, "the slow step running")
             run_id = next(r["run_id"] for r in runs if r["step"] == "hold")
+
+            async def journalled() -> bool:  # step.started is published before the step saves it
+                record = await Bus.kv_get(bus.kv.runs, f"run.{run_id}")
+                return record is not None and "until" in record[0]["steps"]["hold"]
+
+            await wait_for(journalled, 5, "the slow step's deadline journalled")
             found = await Bus.kv_get(bus.kv.runs, f"run.{run_id}")
             assert found is not None
             until = found[0]["steps"]["hold"]["until"]  # the absolute deadline is in the journal
