@@ -101,7 +101,7 @@ class DetectionService:
         ingest_stop = asyncio.Event()
         ingest_task = None
         if self.ingest_process:
-            self.ingest = await self._start_ingest(ingest_stop)
+            self.ingest = self._ingest_process()
             ingest_task = asyncio.get_running_loop().create_task(self.ingest.run(ingest_stop), name="ingest")
             with contextlib.suppress(TimeoutError):  # bounded: a child that cannot connect is restarted
                 await asyncio.wait_for(self.ingest.ready.wait(), INGEST_READY_S)
@@ -196,7 +196,8 @@ class DetectionService:
             self._unyielded = 0
             await asyncio.sleep(0)
 
-    async def _start_ingest(self, stop: asyncio.Event) -> IngestProcess:
+    def _ingest_process(self) -> IngestProcess:
+        """The child process of `detection.ingest: process`, on the bus's own URL and credentials."""
         if self.bus.url is None or self.bus.nats_config is None:
             raise OrchestratorError("detection.ingest: process needs the bus's URL and credentials")
 
